@@ -1,0 +1,47 @@
+# bookrec: `make up` sets everything up and starts the services; `make test` runs every test.
+# Both create the virtual environment themselves (make setup), from the pinned requirements.lock.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup test lint up data repro lock clean-venv system-test-deps
+
+setup: $(STAMP)  ## create .venv and install the pinned dependencies (idempotent)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25" wheel "setuptools>=69"
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+lock:  ## re-resolve the direct dependencies and pin them again (needs network)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+
+system-test-deps:  ## what the browser and scale-out tests need from Debian (root only; skipped otherwise)
+	@bash scripts/install-system-test-deps.sh
+
+test: setup system-test-deps  ## every test: code, data, model behaviour, services
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+data: setup  ## fetch the raw Book-Crossing files (verified) and record them in DVC
+	$(BIN)/bookrec data fetch
+
+repro: data  ## rebuild every stage whose inputs changed
+	$(BIN)/dvc repro
+
+up: repro  ## set up, fetch, run the pipeline
+	@echo "bookrec is set up; see README.md for what runs where."
+
+clean-venv:
+	rm -rf $(VENV)

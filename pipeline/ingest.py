@@ -1,0 +1,443 @@
+"""Parse the raw Book-Crossing CSVs exactly, and split every table into clean typed rows and rejected rows.
+
+Structural faults (no header, a wrong separator, a missing column, a row with the wrong number of
+fields, a truncated file, bytes that are not text) stop the stage with an `IngestError` naming the
+file, line and field. Rows that parse but cannot be used are returned with a reason, never dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import html
+import io
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ftfy
+import numpy as np
+import pandas as pd
+
+from pipeline.config import IngestParams
+from pipeline.schemas import INTERIM_BOOKS, INTERIM_RATINGS, INTERIM_USERS, ISBN_PATTERN, RAW_COLUMNS
+
+
+class IngestError(ValueError):
+    """A raw file cannot be parsed; says where."""
+
+    def __init__(self, file: str, message: str, line: int | None = None, field: str | None = None):
+        self.file, self.line, self.field = file, line, field
+        where = file
+        if line is not None:
+            where += f", line {line}"
+        if field is not None:
+            where += f", field {field!r}"
+        super().__init__(f"{where}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading
+
+
+def decode_text(data: bytes, file: str) -> str:
+    """UTF-8 when the bytes are valid UTF-8 (the Kaggle re-upload), else latin-1 (the original dump)."""
+    if not data:
+        raise IngestError(file, "the file is empty")
+    if b"\x00" in data[:65536]:
+        offset = data.index(b"\x00")
+        raise IngestError(
+            file, f"not a text CSV: NUL byte at byte offset {offset} (binary, or UTF-16/32 encoded?)"
+        )
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def read_raw_csv(path: Path, role: str) -> pd.DataFrame:
+    """All fields of one raw file as strings, plus `row` (1-based record number) and `line` (its first line)."""
+    file = path.name
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return parse_raw_csv(decode_text(data, file), role, file)
+
+
+def parse_raw_csv(text: str, role: str, file: str) -> pd.DataFrame:
+    expected = RAW_COLUMNS[role]
+    header_line = text.split("\n", 1)[0].rstrip("\r")
+    separator = _sniff_separator(header_line, expected, file)
+    if not text.endswith("\n"):
+        last_line = text.count("\n") + 1
+        raise IngestError(file, "the file ends in the middle of a line (truncated?)", line=last_line)
+    # The original dump escapes quotes inside fields with a backslash; the Kaggle copy doubles them.
+    reader = csv.reader(
+        io.StringIO(text, newline=""),
+        delimiter=separator,
+        escapechar="\\" if separator == ";" else None,
+        strict=True,
+    )
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    first_line = 1
+    try:
+        header = next(reader)
+        _check_header(header, expected, file)
+        first_line = reader.line_num + 1
+        for record in reader:
+            if len(record) != len(expected):
+                if not record:
+                    raise IngestError(file, "blank line inside the data", line=first_line)
+                raise IngestError(
+                    file,
+                    f"expected {len(expected)} fields separated by {separator!r}, found {len(record)}"
+                    + (" (truncated file?)" if reader.line_num == text.count("\n") else ""),
+                    line=first_line,
+                    field=expected[min(len(record), len(expected)) - 1]
+                    if len(record) < len(expected)
+                    else None,
+                )
+            rows.append(record)
+            lines.append(first_line)
+            first_line = reader.line_num + 1
+    except csv.Error as err:
+        raise IngestError(
+            file, f"malformed CSV ({err}); truncated or not a CSV file?", line=first_line
+        ) from None
+    frame = pd.DataFrame(rows, columns=list(expected), dtype=str)
+    frame["row"] = np.arange(1, len(frame) + 1, dtype=np.int64)
+    frame["line"] = np.asarray(lines, dtype=np.int64)
+    return frame
+
+
+def _sniff_separator(header_line: str, expected: tuple[str, ...], file: str) -> str:
+    for separator in (";", ","):
+        names = [n.strip().strip('"') for n in header_line.split(separator)]
+        if names[0].lower() == expected[0].lower() and len(names) > 1:
+            return separator
+    if header_line.strip().strip('"').lower().startswith(expected[0].lower()):
+        raise IngestError(
+            file, f"wrong separator: expected ';' (or ',') between {', '.join(expected)}", line=1
+        )
+    raise IngestError(
+        file,
+        f"header must start with {expected[0]!r} (columns {', '.join(expected)}); found {header_line[:80]!r}",
+        line=1,
+    )
+
+
+def _check_header(header: list[str], expected: tuple[str, ...], file: str) -> None:
+    names = [h.strip() for h in header]
+    lowered = [n.lower() for n in names]
+    for column in expected:
+        if column.lower() not in lowered:
+            raise IngestError(file, f"missing column (header has {', '.join(names)})", line=1, field=column)
+    if lowered != [c.lower() for c in expected]:
+        raise IngestError(
+            file, f"columns must be {', '.join(expected)} in this order; found {', '.join(names)}", line=1
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cleaning (pure)
+
+
+@dataclass
+class TableReport:
+    file: str
+    rows_read: int
+    rows_written: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    values_set_missing: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(self.rejected_by_reason.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "rows_read": self.rows_read,
+            "rows_written": self.rows_written,
+            "rows_rejected": self.rows_rejected,
+            "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
+            "values_set_missing": dict(sorted(self.values_set_missing.items())),
+            "notes": dict(sorted(self.notes.items())),
+        }
+
+
+@dataclass
+class CleanTable:
+    clean: pd.DataFrame
+    rejected: pd.DataFrame
+    report: TableReport
+
+
+def _quarantine(
+    raw: pd.DataFrame, rules: list[tuple[str, pd.Series]], file: str
+) -> tuple[pd.Series, pd.DataFrame, TableReport]:
+    """Apply (reason, bad-row mask) rules in order; a row is rejected for the first rule it breaks."""
+    report = TableReport(file=file, rows_read=len(raw))
+    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
+    for name, bad in rules:
+        newly = bad.fillna(False).astype(bool) & reason.isna()
+        if newly.any():
+            reason[newly] = name
+            report.rejected_by_reason[name] = int(newly.sum())
+    keep = reason.isna()
+    rejected = raw.loc[~keep].copy()
+    rejected.insert(0, "reason", reason[~keep].astype(str))
+    rejected = rejected[["row", "line", "reason", *[c for c in raw.columns if c not in ("row", "line")]]]
+    return keep, rejected.reset_index(drop=True), report
+
+
+def normalise_isbn(values: pd.Series) -> pd.Series:
+    return values.str.strip().str.upper()
+
+
+def clean_ratings(raw: pd.DataFrame, known_user_ids: pd.Series, file: str = "ratings") -> CleanTable:
+    user_id = raw["User-ID"].str.strip()
+    isbn = normalise_isbn(raw["ISBN"])
+    rating_text = raw["Book-Rating"].str.strip()
+    rating = pd.to_numeric(rating_text, errors="coerce")
+    pair_seen = pd.Series(False, index=raw.index)
+    valid_so_far = user_id.str.fullmatch(r"\d+") & (isbn != "") & rating.between(0, 10) & (rating % 1 == 0)
+    pair_seen[valid_so_far] = pd.DataFrame({"u": user_id, "i": isbn})[valid_so_far].duplicated(keep="first")
+    keep, rejected, report = _quarantine(
+        raw,
+        [
+            ("user_id_not_a_number", ~user_id.str.fullmatch(r"\d+")),
+            ("isbn_empty", isbn == ""),
+            ("rating_not_an_integer_0_to_10", ~(rating.between(0, 10) & (rating % 1 == 0))),
+            ("user_not_in_users_file", ~user_id.isin(known_user_ids)),
+            ("duplicate_user_isbn_pair", pair_seen),
+        ],
+        file,
+    )
+    clean = pd.DataFrame(
+        {"user_id": user_id[keep], "isbn": isbn[keep], "rating": rating[keep].astype("int8")}
+    ).reset_index(drop=True)
+    report.rows_written = len(clean)
+    report.notes["isbn_not_isbn10_or_isbn13"] = int((~clean["isbn"].str.fullmatch(ISBN_PATTERN)).sum())
+    report.notes["implicit_rows"] = int((clean["rating"] == 0).sum())
+    report.notes["explicit_rows"] = int((clean["rating"] > 0).sum())
+    return CleanTable(INTERIM_RATINGS.validate(clean), rejected, report)
+
+
+# Place names that mean "not given".
+_UNKNOWN_PLACES = frozenset(
+    {
+        "",
+        "n/a",
+        "na",
+        "n.a.",
+        "n.a",
+        "none",
+        "null",
+        "nil",
+        "-",
+        "--",
+        "?",
+        "??",
+        ".",
+        "x",
+        "xx",
+        "xxx",
+        "unknown",
+        "not applicable",
+        "no",
+        "`",
+        "\\n/a\\",
+        "everywhere",
+        "somewhere",
+        "here",
+        "far away",
+    }
+)
+
+# Spellings of the most frequent countries that name the same place.
+COUNTRY_ALIASES: Mapping[str, str] = {
+    "us": "usa",
+    "u.s.a.": "usa",
+    "u.s.a": "usa",
+    "u.s.": "usa",
+    "united states": "usa",
+    "united states of america": "usa",
+    "america": "usa",
+    "united state": "usa",
+    "us of a": "usa",
+    "uk": "united kingdom",
+    "u.k.": "united kingdom",
+    "england": "united kingdom",
+    "scotland": "united kingdom",
+    "wales": "united kingdom",
+    "great britain": "united kingdom",
+    "northern ireland": "united kingdom",
+    "deutschland": "germany",
+    "españa": "spain",
+    "espaã±a": "spain",
+    "italia": "italy",
+    "la france": "france",
+    "nederland": "netherlands",
+    "the netherlands": "netherlands",
+    "holland": "netherlands",
+    "catalunya": "spain",
+    "catalonia": "spain",
+    "méxico": "mexico",
+    "brasil": "brazil",
+    "schweiz": "switzerland",
+    "suisse": "switzerland",
+    "österreich": "austria",
+    "republic of ireland": "ireland",
+    "eire": "ireland",
+    "p.r.china": "china",
+    "people's republic of china": "china",
+    "the philippines": "philippines",
+    "phillipines": "philippines",
+    "new zeland": "new zealand",
+    "nz": "new zealand",
+}
+
+
+def _normalise_place(values: pd.Series) -> pd.Series:
+    text = values.str.replace(r"\s+", " ", regex=True).str.strip().str.strip("\"'.;:!/ ").str.lower()
+    return text.where(~text.isin(_UNKNOWN_PLACES) & text.notna())
+
+
+def split_location(location: pd.Series) -> pd.DataFrame:
+    """'city, region, country' -> three normalised columns; extra commas stay in the region."""
+    parts = location.fillna("").str.split(",")
+    city = parts.str[0]
+    country = parts.map(lambda p: p[-1] if len(p) > 1 else "")
+    region = parts.map(lambda p: ",".join(p[1:-1]) if len(p) > 2 else "")
+    country = _normalise_place(country)
+    return pd.DataFrame(
+        {
+            "city": _normalise_place(city),
+            "region": _normalise_place(region),
+            "country": country.replace(dict(COUNTRY_ALIASES)),
+        }
+    )
+
+
+def clean_users(raw: pd.DataFrame, params: IngestParams, file: str = "users") -> CleanTable:
+    user_id = raw["User-ID"].str.strip()
+    keep, rejected, report = _quarantine(
+        raw,
+        [
+            ("user_id_not_a_number", ~user_id.str.fullmatch(r"\d+")),
+            ("duplicate_user_id", user_id.duplicated(keep="first")),
+        ],
+        file,
+    )
+    age_text = raw.loc[keep, "Age"].str.strip()
+    age_missing = age_text.str.upper().isin(["NULL", "", "NAN", "NA"])
+    age = pd.to_numeric(age_text.where(~age_missing), errors="coerce")
+    not_a_number = age.isna() & ~age_missing
+    out_of_range = age.notna() & ~age.between(params.min_age, params.max_age)
+    age = age.where(~out_of_range).round()
+    report.values_set_missing["age_not_a_number"] = int(not_a_number.sum())
+    report.values_set_missing[f"age_outside_{params.min_age}_{params.max_age}"] = int(out_of_range.sum())
+    report.notes["age_given_as_null"] = int(age_missing.sum())
+    location, report.notes["mojibake_repaired"] = repair_mojibake(raw.loc[keep, "Location"])
+    places = split_location(location)
+    report.notes["country_unknown"] = int(places["country"].isna().sum())
+    clean = pd.DataFrame(
+        {
+            "user_id": user_id[keep],
+            "age": age.astype("Int16"),
+            "city": places["city"],
+            "region": places["region"],
+            "country": places["country"],
+        }
+    ).reset_index(drop=True)
+    report.rows_written = len(clean)
+    return CleanTable(INTERIM_USERS.validate(clean), rejected, report)
+
+
+# Two latin-1 letters that are really one UTF-8 character (the dump mixes encodings within a file).
+_MOJIBAKE_CANDIDATE = re.compile("[\u00c2-\u00f4][\u0080-\u00bf?]")
+
+
+def _repair_one(text: str) -> str:
+    # Double-encoded text lost a 0x83 byte to "?" on its way into the dump: put it back, then decode.
+    repaired = ftfy.fix_encoding(text.replace("\u00c3?\u00c2", "\u00c3\u0083\u00c2"))
+    return text if ("\ufffd" in repaired or "\u00c3" in repaired) else repaired
+
+
+def repair_mojibake(values: pd.Series) -> tuple[pd.Series, int]:
+    """UTF-8 stored as latin-1 ("CafÃ©") decoded back ("Café"); text that cannot be repaired whole is kept."""
+    candidates = values.str.contains(_MOJIBAKE_CANDIDATE, na=False)
+    repaired = values.copy()
+    repaired[candidates] = values[candidates].map(_repair_one)
+    return repaired, int((repaired[candidates] != values[candidates]).sum())
+
+
+def _unescape_text(values: pd.Series) -> pd.Series:
+    text = values.map(html.unescape, na_action="ignore").str.replace(r"\s+", " ", regex=True).str.strip()
+    return text.where(text != "")
+
+
+def clean_books(raw: pd.DataFrame, params: IngestParams, file: str = "books") -> CleanTable:
+    isbn = normalise_isbn(raw["ISBN"])
+    keep, rejected, report = _quarantine(
+        raw,
+        [
+            ("isbn_empty", isbn == ""),
+            ("duplicate_isbn_after_upper_casing", isbn.duplicated(keep="first") & (isbn != "")),
+        ],
+        file,
+    )
+    kept = raw.loc[keep]
+    year = pd.to_numeric(kept["Year-Of-Publication"].str.strip(), errors="coerce")
+    year_not_a_number = year.isna()
+    year_zero = year == 0
+    year_future = year > params.max_publication_year
+    year = year.where(~(year_zero | year_future))
+    report.values_set_missing["year_not_a_number"] = int(year_not_a_number.sum())
+    report.values_set_missing["year_zero"] = int(year_zero.sum())
+    report.values_set_missing[f"year_after_{params.max_publication_year}"] = int(year_future.sum())
+    entity = re.compile(r"&(?:[a-zA-Z]+|#\d+|#x[0-9a-fA-F]+);")
+    text_columns = {"title": "Book-Title", "author": "Book-Author", "publisher": "Publisher"}
+    report.notes["html_entities_unescaped"] = int(
+        sum(kept[c].str.contains(entity, regex=True).sum() for c in text_columns.values())
+    )
+    repaired = {}
+    report.notes["mojibake_repaired"] = 0
+    for column, source in text_columns.items():
+        repaired[column], count = repair_mojibake(_unescape_text(kept[source]))
+        report.notes["mojibake_repaired"] += count
+    clean = pd.DataFrame(
+        {
+            "isbn": isbn[keep],
+            **{column: repaired[column] for column in ("title", "author")},
+            "year": year.astype("Int16"),
+            "publisher": repaired["publisher"],
+            "image_url_s": kept["Image-URL-S"].str.strip().replace("", pd.NA),
+            "image_url_m": kept["Image-URL-M"].str.strip().replace("", pd.NA),
+            "image_url_l": kept["Image-URL-L"].str.strip().replace("", pd.NA),
+        }
+    ).reset_index(drop=True)
+    report.notes["isbn_not_isbn10_or_isbn13"] = int((~clean["isbn"].str.fullmatch(ISBN_PATTERN)).sum())
+    report.rows_written = len(clean)
+    return CleanTable(INTERIM_BOOKS.validate(clean), rejected, report)
+
+
+@dataclass
+class IngestResult:
+    ratings: CleanTable
+    users: CleanTable
+    books: CleanTable
+
+    def report(self) -> dict:
+        return {role: getattr(self, role).report.as_dict() for role in ("ratings", "users", "books")}
+
+
+def ingest_tables(
+    raw: Mapping[str, pd.DataFrame], files: Mapping[str, str], params: IngestParams
+) -> IngestResult:
+    users = clean_users(raw["users"], params, files["users"])
+    books = clean_books(raw["books"], params, files["books"])
+    ratings = clean_ratings(raw["ratings"], users.clean["user_id"], files["ratings"])
+    return IngestResult(ratings=ratings, users=users, books=books)

@@ -1,0 +1,84 @@
+"""Protocol bx-implicit-v1, part one: positives, dislikes, the iterative k-core and the id maps (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import PreprocessParams
+
+
+@dataclass
+class Interactions:
+    """Positives after the k-core, with dense ids, and the tables that map ids back to the catalog."""
+
+    interactions: pd.DataFrame  # user_idx, item_idx, rating
+    dislikes: pd.DataFrame  # user_idx, item_idx, rating: explicit ratings below the threshold, same id space
+    users: pd.DataFrame  # user_idx, user_id, age, city, region, country
+    items: pd.DataFrame  # item_idx, isbn, title, author, year, publisher, image urls
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def k_core(
+    pairs: pd.DataFrame, user_k: int, item_k: int, user: str = "user_id", item: str = "isbn"
+) -> pd.DataFrame:
+    """The largest subset in which every user has >= user_k rows and every item >= item_k rows."""
+    core = pairs
+    while True:
+        user_counts = core[user].map(core[user].value_counts())
+        item_counts = core[item].map(core[item].value_counts())
+        enough = (user_counts >= user_k) & (item_counts >= item_k)
+        if enough.all():
+            return core
+        core = core[enough]
+
+
+def build_interactions(
+    ratings: pd.DataFrame, users: pd.DataFrame, books: pd.DataFrame, params: PreprocessParams
+) -> Interactions:
+    counts: dict[str, int] = {"ratings_in": len(ratings)}
+    in_catalog = ratings[ratings["isbn"].isin(books["isbn"])]
+    counts["ratings_with_isbn_in_catalog"] = len(in_catalog)
+    is_positive = (in_catalog["rating"] == 0) | (in_catalog["rating"] >= params.min_explicit_rating)
+    positives = in_catalog[is_positive]
+    dislikes = in_catalog[~is_positive]
+    counts["positives"] = len(positives)
+    counts["dislikes"] = len(dislikes)
+    core = k_core(positives, params.user_core, params.item_core)
+    counts["interactions_after_k_core"] = len(core)
+
+    user_ids = np.sort(core["user_id"].unique().astype(np.int64)).astype(str)
+    isbns = np.sort(core["isbn"].unique())
+    user_index = pd.Series(np.arange(len(user_ids), dtype=np.int32), index=user_ids)
+    item_index = pd.Series(np.arange(len(isbns), dtype=np.int32), index=isbns)
+    counts["users"] = len(user_ids)
+    counts["items"] = len(isbns)
+
+    def encode(frame: pd.DataFrame) -> pd.DataFrame:
+        encoded = pd.DataFrame(
+            {
+                "user_idx": frame["user_id"].map(user_index).astype("int32"),
+                "item_idx": frame["isbn"].map(item_index).astype("int32"),
+                "rating": frame["rating"].astype("int8"),
+            }
+        )
+        return encoded.sort_values(["user_idx", "item_idx"], ignore_index=True)
+
+    known_dislikes = dislikes[
+        dislikes["user_id"].isin(user_index.index) & dislikes["isbn"].isin(item_index.index)
+    ]
+    user_table = pd.DataFrame(
+        {"user_idx": user_index.to_numpy(), "user_id": user_index.index.astype(str)}
+    ).merge(users, on="user_id", how="left", validate="one_to_one")
+    item_table = pd.DataFrame(
+        {"item_idx": item_index.to_numpy(), "isbn": item_index.index.astype(str)}
+    ).merge(books, on="isbn", how="left", validate="one_to_one")
+    return Interactions(
+        interactions=encode(core),
+        dislikes=encode(known_dislikes),
+        users=user_table,
+        items=item_table,
+        counts=counts,
+    )

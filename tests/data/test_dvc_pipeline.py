@@ -1,0 +1,41 @@
+"""The DVC pipeline from a clean checkout: fetch, `dvc repro`, nothing to do the second time."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.io import read_json
+from tests.conftest import run
+
+pytestmark = pytest.mark.slow
+
+
+def test_repro_from_clean_checkout_then_nothing_to_do(project, synthetic_bx):
+    run(["bookrec", "data", "fetch", "--source", str(synthetic_bx.folder), "--allow-modified"], project)
+    assert (project / "data.dvc").is_file()
+    first = run(["dvc", "repro", "features"], project)
+    assert "Running stage 'ingest'" in first.stdout and "Running stage 'features'" in first.stdout
+    counts = read_json(project / "data" / "processed" / "protocol_report.json")
+    assert counts["users"] == synthetic_bx.n_users
+    second = run(["dvc", "repro", "features"], project)
+    assert "Running stage" not in second.stdout
+    status = run(["dvc", "status", "features"], project)
+    assert "up to date" in status.stdout
+    # push to the default local remote and pull back into an empty cache
+    run(["dvc", "push"], project)
+    run(["rm", "-rf", ".dvc/cache", "data/processed"], project)
+    run(["dvc", "pull", "preprocess"], project)
+    assert (project / "data" / "processed" / "train.parquet").is_file()
+
+
+def test_a_failing_stage_leaves_previous_outputs_untouched(project, synthetic_bx):
+    run(["bookrec", "data", "fetch", "--source", str(synthetic_bx.folder), "--allow-modified"], project)
+    run(["bookrec", "ingest"], project)
+    before = (project / "data" / "interim" / "ratings.parquet").read_bytes()
+    ratings = project / "data" / "raw" / "book-crossing" / "BX-Book-Ratings.csv"
+    ratings.write_bytes(ratings.read_bytes()[:-40])  # cut mid-line, as an interrupted copy would
+    run(["bookrec", "data", "fetch", "--source", str(ratings.parent), "--allow-modified", "--force"], project, check=False)
+    done = run(["bookrec", "ingest"], project, check=False)
+    assert done.returncode == 1
+    assert "BX-Book-Ratings.csv, line" in done.stderr and "truncated" in done.stderr
+    assert (project / "data" / "interim" / "ratings.parquet").read_bytes() == before
