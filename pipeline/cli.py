@@ -127,5 +127,29 @@ def features() -> None:
     _run_stage("features")
 
 
+@app.command()
+@reports_errors
+def evaluate(
+    show_only: Annotated[
+        bool, typer.Option(help="Print the table from reports/metrics.json without evaluating.")
+    ] = False,
+    k: Annotated[int, typer.Option(help="Cut-off shown in the table.")] = 10,
+) -> None:
+    """Stage evaluate: every model ranked over the full catalog on the test split; prints the comparison."""
+    from pipeline import io, stages
+    from pipeline.reports import comparison_table, format_table
+
+    ws, params = _workspace()
+    if show_only:
+        metrics = io.read_json(ws.reports / "metrics.json")
+    else:
+        started = time.perf_counter()
+        metrics = stages.evaluate(ws, params)
+        typer.secho(
+            f"evaluate: done in {time.perf_counter() - started:.1f} s", fg=typer.colors.GREEN, err=True
+        )
+    typer.echo(format_table(comparison_table(metrics, k)))
+
+
 if __name__ == "__main__":
     app()

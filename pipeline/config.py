@@ -73,11 +73,55 @@ class FeatureParams(Section):
         return self
 
 
+class RandomParams(Section):
+    seed: int
+
+
+class BM25KNNParams(Section):
+    neighbours: int = Field(ge=1)
+    k1: float = Field(gt=0)
+    b: float = Field(ge=0, le=1)
+
+
+class CosineKNNParams(Section):
+    neighbours: int = Field(ge=1)
+
+
+class ALSParams(Section):
+    factors: int = Field(ge=1)
+    regularization: float = Field(ge=0)
+    alpha: float = Field(gt=0)
+    iterations: int = Field(ge=1)
+    seed: int
+
+
+class EvaluateParams(Section):
+    ks: tuple[int, ...]
+    curve_max_k: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    cohort_top_countries: int = Field(ge=0)
+    random: RandomParams
+    itemknn_bm25: BM25KNNParams
+    itemknn_cosine: CosineKNNParams
+    als: ALSParams
+
+    def baselines(self) -> dict[str, dict]:
+        """Baseline name -> constructor options, in the order they are reported."""
+        return {
+            "random": self.random.model_dump(),
+            "popularity": {},
+            "itemknn_cosine": self.itemknn_cosine.model_dump(),
+            "itemknn_bm25": self.itemknn_bm25.model_dump(),
+            "als": self.als.model_dump(),
+        }
+
+
 class Params(Section):
     paths: Paths
     ingest: IngestParams
     preprocess: PreprocessParams
     features: FeatureParams
+    evaluate: EvaluateParams
 
 
 def find_root(start: Path | None = None) -> Path:

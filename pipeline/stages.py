@@ -6,6 +6,8 @@ previous outputs exactly as they were.
 
 from __future__ import annotations
 
+import pandas as pd
+
 from pipeline import io
 from pipeline.config import Params, Workspace
 from pipeline.features import build_features
@@ -70,3 +72,43 @@ def features(ws: Workspace, params: Params) -> dict:
         io.write_json(vocabulary.to_json(), out / "vocabulary.json")
         io.write_json(spec, out / "feature_spec.json")
     return spec
+
+
+def load_splits(ws: Workspace) -> dict[str, pd.DataFrame]:
+    return {
+        name: io.read_parquet(ws.processed / f"{name}.parquet") for name in ("train", "validation", "test")
+    }
+
+
+def user_cohorts(ws: Workspace, top_countries: int) -> pd.DataFrame:
+    """Per user: age bucket and country labels (the top countries by name, the rest <other>)."""
+    from pipeline.features import OTHER, FeatureVocabulary
+
+    vocabulary = FeatureVocabulary.from_json(io.read_json(ws.features / "vocabulary.json"))
+    encoded = io.read_parquet(ws.features / "user_features.parquet").set_index("user_idx").sort_index()
+    ages = pd.Series(vocabulary.values["age_bucket"])[encoded["age_bucket"]].to_numpy()
+    countries = pd.Series(vocabulary.values["country"])[encoded["country"]]
+    named = set(vocabulary.values["country"][2 : 2 + top_countries])
+    countries = countries.where(countries.isin(named) | countries.str.startswith("<"), OTHER).to_numpy()
+    return pd.DataFrame({"age_bucket": ages, "country": countries}, index=encoded.index)
+
+
+def evaluate(ws: Workspace, params: Params) -> dict:
+    from pipeline.baselines import make_baseline
+    from pipeline.evaluate import EvaluationData
+    from pipeline.evaluate import evaluate as evaluate_model
+    from pipeline.reports import write_reports
+
+    settings = params.evaluate
+    users = io.read_parquet(ws.processed / "users.parquet", columns=["user_idx"])
+    items = io.read_parquet(ws.processed / "items.parquet")
+    data = EvaluationData.build(
+        load_splits(ws), items, len(users), "test", user_cohorts(ws, settings.cohort_top_countries)
+    )
+    reports = {}
+    for name, options in settings.baselines().items():
+        model = make_baseline(name, **options).fit(data.train)
+        reports[name] = evaluate_model(
+            model, data, settings.ks, settings.curve_max_k, batch_size=settings.batch_size
+        )
+    return write_reports(reports, ws.reports)

@@ -1,0 +1,91 @@
+"""The recommender interface every model and baseline implements (in the style of `implicit`).
+
+A recommender scores all items for a batch of users; `recommend` masks what the user has already
+read and takes the top K with a partial sort; `similar_items` ranks items by the cosine similarity
+of the model's item vectors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best `k` columns of each row, best first, by partial sort; -inf entries never make the list
+    (they come back as index -1)."""
+    n_rows, n_cols = scores.shape
+    k_eff = min(k, n_cols)
+    if k_eff < n_cols:
+        candidates = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+    else:
+        candidates = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
+    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
+    order = np.argsort(-candidate_scores, axis=1, kind="stable")
+    ids = np.take_along_axis(candidates, order, axis=1).astype(np.int64)
+    best = np.take_along_axis(candidate_scores, order, axis=1)
+    ids[~np.isfinite(best) & (best < 0)] = -1
+    if k_eff < k:
+        ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
+        best = np.pad(best, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
+    return ids, best.astype(np.float32)
+
+
+def mask_rows(scores: np.ndarray, users: np.ndarray, exclude: sp.csr_matrix) -> np.ndarray:
+    """Set the excluded (user, item) scores of a batch to -inf, in place."""
+    rows = exclude[users]
+    batch_rows = np.repeat(np.arange(len(users)), np.diff(rows.indptr))
+    scores[batch_rows, rows.indices] = -np.inf
+    return scores
+
+
+class Recommender(ABC):
+    """Batch-first recommender over dense user and item indices."""
+
+    name: str = "recommender"
+    seen: sp.csr_matrix | None = None  # what filter_seen leaves out by default: the training matrix
+
+    @abstractmethod
+    def fit(self, train: sp.csr_matrix) -> Recommender: ...
+
+    @abstractmethod
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        """(len(users) x n_items) float32 scores; higher is better."""
+
+    def item_vectors(self) -> np.ndarray | None:
+        """Dense item representations for `similar_items`, if the model has them."""
+        return None
+
+    def recommend(
+        self,
+        users: np.ndarray,
+        k: int = 10,
+        filter_seen: bool = True,
+        exclude: sp.csr_matrix | None = None,
+        batch_size: int = 2048,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices and scores per user; `exclude` replaces `seen` as what is filtered."""
+        users = np.asarray(users, dtype=np.int64)
+        mask = (exclude if exclude is not None else self.seen) if filter_seen else None
+        ids = np.empty((len(users), k), dtype=np.int64)
+        scores = np.empty((len(users), k), dtype=np.float32)
+        for start in range(0, len(users), batch_size):
+            batch = users[start : start + batch_size]
+            batch_scores = np.array(self.score_users(batch), dtype=np.float32, copy=True)
+            if mask is not None:
+                mask_rows(batch_scores, batch, mask)
+            ids[start : start + len(batch)], scores[start : start + len(batch)] = top_k(batch_scores, k)
+        return ids, scores
+
+    def similar_items(self, items: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items by cosine similarity of item vectors; an item is never its own neighbour."""
+        vectors = self.item_vectors()
+        if vectors is None:
+            raise NotImplementedError(f"{self.name} has no item vectors")
+        normalised = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        items = np.asarray(items, dtype=np.int64)
+        similarity = normalised[items] @ normalised.T
+        similarity[np.arange(len(items)), items] = -np.inf
+        return top_k(similarity, k)

@@ -1,0 +1,108 @@
+"""The recommender interface, the baselines and the evaluator on inputs where the answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from pipeline.baselines import make_baseline
+from pipeline.evaluate import EvaluationData, evaluate
+from pipeline.recommend import Recommender, top_k
+
+
+def test_top_k_is_sorted_and_pads_excluded_items():
+    scores = np.array([[0.1, 0.9, -np.inf, 0.5], [-np.inf, -np.inf, 1.0, -np.inf]], dtype=np.float32)
+    ids, best = top_k(scores, 3)
+    assert ids.tolist() == [[1, 3, 0], [2, -1, -1]]
+    assert best[0].tolist() == pytest.approx([0.9, 0.5, 0.1])
+    assert top_k(scores, 6)[0].shape == (2, 6)
+
+
+class Fixed(Recommender):
+    name = "fixed"
+
+    def __init__(self, scores):
+        self.scores = np.asarray(scores, dtype=np.float32)
+
+    def fit(self, train):
+        self.seen = train
+        return self
+
+    def score_users(self, users):
+        return self.scores[users]
+
+
+def test_recommend_filters_seen_items_and_respects_batches():
+    seen = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 1, 1]], dtype=np.float32))
+    model = Fixed([[4, 3, 2, 1], [4, 3, 2, 1]]).fit(seen)
+    assert model.recommend(np.array([0, 1]), k=2)[0].tolist() == [[1, 2], [0, 1]]
+    assert model.recommend(np.array([0, 1]), k=2, filter_seen=False)[0].tolist() == [[0, 1], [0, 1]]
+    assert model.recommend(np.array([0, 1]), k=2, batch_size=1)[0].tolist() == [[1, 2], [0, 1]]
+    other = sp.csr_matrix(np.array([[0, 1, 0, 0], [0, 0, 0, 0]], dtype=np.float32))
+    assert model.recommend(np.array([0]), k=2, exclude=other)[0].tolist() == [[0, 2]]
+
+
+def test_similar_items_never_returns_the_item_itself():
+    class WithVectors(Fixed):
+        def item_vectors(self):
+            return np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+
+    ids, _ = WithVectors(np.zeros((1, 3))).similar_items(np.array([0, 2]), k=2)
+    assert ids.tolist() == [[1, 2], [1, 0]]
+
+
+def block_data(n_groups=3, users_per_group=20, items_per_group=10, seed=0):
+    """Users of group g read only items of group g: train most of them, test the rest."""
+    rng = np.random.default_rng(seed)
+    rows = {"train": [], "validation": [], "test": []}
+    for g in range(n_groups):
+        items = np.arange(g * items_per_group, (g + 1) * items_per_group)
+        for u in range(g * users_per_group, (g + 1) * users_per_group):
+            chosen = rng.permutation(items)[:8]
+            rows["test"] += [(u, i) for i in chosen[:2]]
+            rows["validation"].append((u, chosen[2]))
+            rows["train"] += [(u, i) for i in chosen[3:]]
+    splits = {k: pd.DataFrame(v, columns=["user_idx", "item_idx"]).assign(rating=0) for k, v in rows.items()}
+    n_items = n_groups * items_per_group
+    items = pd.DataFrame(
+        {
+            "item_idx": range(n_items),
+            "title": [f"book {i} shelf {i // items_per_group}" for i in range(n_items)],
+            "author": [f"a{i % 4}" for i in range(n_items)],
+            "publisher": "p",
+        }
+    )
+    return EvaluationData.build(splits, items, n_groups * users_per_group)
+
+
+@pytest.mark.parametrize("name", ["itemknn_bm25", "itemknn_cosine", "als"])
+def test_collaborative_baselines_recover_planted_groups(name):
+    data = block_data()
+    options = {"als": {"factors": 8, "regularization": 5.0, "alpha": 10.0, "iterations": 15, "seed": 0}}.get(
+        name, {"neighbours": 20}
+    )
+    model = make_baseline(name, **options).fit(data.train)
+    users = data.users_with_truth()
+    # 4 unread books are left on each user's own shelf (10 minus 5 train minus 1 validation)
+    top, _ = model.recommend(users, k=4, exclude=data.exclude)
+    same_group = (top // 10) == (users[:, None] // 20)
+    assert same_group.mean() > 0.95
+    report = evaluate(model, data, ks=(4,), curve_max_k=4)
+    random_report = evaluate(make_baseline("random", seed=1).fit(data.train), data, ks=(4,), curve_max_k=4)
+    assert report.metrics["@4"]["recall"] > 0.95
+    assert report.metrics["@4"]["ndcg"] > 3 * random_report.metrics["@4"]["ndcg"]
+
+
+def test_popularity_ranks_by_training_counts_and_evaluator_slices_cohorts():
+    data = block_data()
+    model = make_baseline("popularity").fit(data.train)
+    counts = np.bincount(data.train.indices, minlength=data.n_items)
+    ids, _ = model.recommend(np.array([0]), k=1, filter_seen=False)
+    assert counts[ids[0, 0]] == counts.max()
+    report = evaluate(model, data, ks=(5, 10), curve_max_k=10)
+    assert set(report.metrics) == {"@5", "@10"}
+    assert report.curve["k"].tolist() == list(range(1, 11))
+    assert sum(g["users"] for g in report.cohorts["activity"].values()) == len(data.users_with_truth())
+    assert sum(report.popularity_deciles) == pytest.approx(1.0)
