@@ -39,6 +39,11 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except EXPECTED_ERRORS as err:
             _fail(str(err))
+        except Exception as err:
+            # The stores' own errors (MLflow, pandera) are about the input or the service, not our code.
+            if type(err).__module__.split(".")[0] in ("mlflow", "pandera", "dvc"):
+                _fail(f"{type(err).__name__}: {err}")
+            raise
 
     return wrapper
 
@@ -129,6 +134,13 @@ def features() -> None:
 
 @app.command()
 @reports_errors
+def train() -> None:
+    """Stage train: NCF with BPR on the train split, early stopping on validation NDCG@10."""
+    _run_stage("train")
+
+
+@app.command()
+@reports_errors
 def evaluate(
     show_only: Annotated[
         bool, typer.Option(help="Print the table from reports/metrics.json without evaluating.")
@@ -149,6 +161,69 @@ def evaluate(
             f"evaluate: done in {time.perf_counter() - started:.1f} s", fg=typer.colors.GREEN, err=True
         )
     typer.echo(format_table(comparison_table(metrics, k)))
+
+
+@app.command()
+@reports_errors
+def register(
+    promote: Annotated[bool, typer.Option(help="Move `production` when the gate passes.")] = True,
+) -> None:
+    """Track the trained model in MLflow, register it as bookrec-ncf, run the gate, promote if it passes."""
+    from pipeline import stages
+
+    ws, params = _workspace()
+    outcome = stages.register(ws, params, promote=promote)
+    typer.echo(json.dumps(outcome, indent=2))
+    if outcome["gate"] != "passed":
+        typer.secho(
+            f"version {outcome['version']} was not promoted: the gate refused it",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+
+
+registry_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+def _registry_client():
+    from pipeline import tracking
+
+    ws, _ = _workspace()
+    return tracking.client(ws.root)
+
+
+@registry_app.command("list")
+@reports_errors
+def registry_list() -> None:
+    """Every version of bookrec-ncf with its aliases, key metrics and gate decision."""
+    import pandas as pd
+
+    from pipeline import registry
+
+    rows = registry.list_versions(_registry_client())
+    typer.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no versions registered yet")
+
+
+@registry_app.command("promote")
+@reports_errors
+def registry_promote(
+    version: str,
+    reason: Annotated[str, typer.Option(help="Why; recorded on the version.")] = "promoted by hand",
+) -> None:
+    """Move `production` to VERSION (by hand, bypassing the gate); the old one becomes `previous`."""
+    from pipeline import registry
+
+    typer.echo(json.dumps(registry.promote(_registry_client(), version, reason)))
+
+
+@registry_app.command("rollback")
+@reports_errors
+def registry_rollback(reason: Annotated[str, typer.Option(help="Why; recorded on the version.")]) -> None:
+    """Move `production` back to `previous`, recording why."""
+    from pipeline import registry
+
+    typer.echo(json.dumps(registry.rollback(_registry_client(), reason)))
 
 
 if __name__ == "__main__":

@@ -116,12 +116,53 @@ class EvaluateParams(Section):
         }
 
 
+class TrainParams(Section):
+    seed: int
+    threads: int = Field(ge=0)
+    gmf_dim: int = Field(ge=1)
+    mlp_dim: int = Field(ge=1)
+    mlp_layers: tuple[int, ...]
+    dropout: float = Field(ge=0, lt=1)
+    use_history: bool
+    use_side_features: bool
+    history_alpha: float = Field(ge=0, le=1)
+    init_std: float = Field(gt=0)
+    lr: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    negatives: int = Field(ge=1)
+    negative_sampling: str = Field(pattern="^(uniform|popularity)$")
+    popularity_power: float = Field(ge=0)
+    l2: float = Field(ge=0)
+    mlp_weight_decay: float = Field(ge=0)
+    eval_every: int = Field(ge=1)
+    patience: int = Field(ge=1)
+    early_stopping_users: int = Field(ge=0)
+    max_seconds: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _mlp_layers(self) -> TrainParams:
+        if not self.mlp_layers or any(size < 1 for size in self.mlp_layers):
+            raise ValueError("mlp_layers needs at least one positive size")
+        return self
+
+
+class GateParams(Section):
+    ndcg_tolerance: float = Field(ge=0)
+    min_coverage: float = Field(ge=0, le=1)
+    min_personalization: float = Field(ge=0, le=1)
+    min_novelty: float = Field(ge=0, le=1)
+    beat_popularity: bool
+
+
 class Params(Section):
     paths: Paths
     ingest: IngestParams
     preprocess: PreprocessParams
     features: FeatureParams
+    train: TrainParams
     evaluate: EvaluateParams
+    gate: GateParams
 
 
 def find_root(start: Path | None = None) -> Path:

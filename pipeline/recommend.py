@@ -89,3 +89,71 @@ class Recommender(ABC):
         similarity = normalised[items] @ normalised.T
         similarity[np.arange(len(items)), items] = -np.inf
         return top_k(similarity, k)
+
+
+class NCFRecommender(Recommender):
+    """A trained NCF behind the recommender interface.
+
+    `history` (users x items) is what the user representation is built from: the train split during
+    evaluation, everything the reader is known to have read when serving.
+    """
+
+    name = "ncf"
+
+    def __init__(
+        self, model, user_features, item_features, history: sp.csr_matrix, seen: sp.csr_matrix | None = None
+    ):
+        self.model = model
+        self.user_features = user_features  # torch (n_users + 1, f) long
+        self.item_features = item_features  # torch (n_items + 1, f) long
+        self.history = history.tocsr()
+        self.seen = (seen if seen is not None else history).tocsr()
+        self._cache = None
+
+    def fit(self, train: sp.csr_matrix) -> NCFRecommender:
+        raise NotImplementedError("NCF is trained by pipeline.train.fit")
+
+    def refresh(self) -> NCFRecommender:
+        """Recompute the item-side cache (after the weights changed)."""
+        self._cache = None
+        return self
+
+    def item_cache(self):
+        if self._cache is None:
+            self._cache = self.model.item_cache(self.item_features[: self.model.config.n_items])
+        return self._cache
+
+    def user_vectors_for(self, users: np.ndarray, history_rows: sp.csr_matrix):
+        import torch
+
+        from pipeline.model import history_matrix
+
+        users_t = torch.as_tensor(users, dtype=torch.long)
+        terms = None
+        if self.model.config.use_history:
+            matrix = history_matrix(
+                history_rows.indptr,
+                history_rows.indices,
+                self.model.config.n_items,
+                self.model.config.history_alpha,
+            )
+            terms = self.model.history_terms(matrix)
+        return self.model.user_vectors(users_t, self.user_features[users_t], terms)
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            vectors = self.user_vectors_for(users, self.history[users])
+            return self.model.score_all_items(vectors, self.item_cache()).numpy()
+
+    def item_vectors(self) -> np.ndarray:
+        """The GMF item vectors (id and side features) next to the MLP tower's, each normalised."""
+        import torch
+
+        with torch.inference_mode():
+            n = self.model.config.n_items
+            vectors = self.model.item_vectors(torch.arange(n), self.item_features[:n])
+            gmf = torch.nn.functional.normalize(vectors.gmf, dim=1)
+            mlp = torch.nn.functional.normalize(vectors.mlp, dim=1)
+            return torch.cat([gmf, mlp], dim=1).numpy()

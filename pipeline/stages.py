@@ -6,6 +6,8 @@ previous outputs exactly as they were.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pandas as pd
 
 from pipeline import io
@@ -93,10 +95,99 @@ def user_cohorts(ws: Workspace, top_countries: int) -> pd.DataFrame:
     return pd.DataFrame({"age_bucket": ages, "country": countries}, index=encoded.index)
 
 
+def _training_inputs(ws: Workspace):
+    from pipeline.features import FeatureVocabulary
+
+    splits = load_splits(ws)
+    users = io.read_parquet(ws.processed / "users.parquet")
+    items = io.read_parquet(ws.processed / "items.parquet")
+    vocabulary = FeatureVocabulary.from_json(io.read_json(ws.features / "vocabulary.json"))
+    user_features = io.read_parquet(ws.features / "user_features.parquet")
+    item_features = io.read_parquet(ws.features / "item_features.parquet")
+    return splits, users, items, vocabulary, user_features, item_features
+
+
+def run_name(params: Params, feature_hash: str, when: datetime | None = None) -> str:
+    """Date, key hyperparameters and feature set, e.g. 2026-11-28_ncf-g128-m32x64-lr0.002-n8_f1fd0b3."""
+    t = params.train
+    layers = "x".join(str(size) for size in t.mlp_layers)
+    flags = ("" if t.use_history else "-nohist") + ("" if t.use_side_features else "-noside")
+    stamp = (when or datetime.now(UTC)).strftime("%Y-%m-%d")
+    return (
+        f"{stamp}_ncf-g{t.gmf_dim}-m{t.mlp_dim}x{layers}-lr{t.lr:g}-n{t.negatives}{flags}_f{feature_hash[:7]}"
+    )
+
+
+def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
+    """Stage train: fit NCF on train, early-stop on validation, save models/ncf and the training curve."""
+    import numpy as np
+
+    from pipeline import metrics
+    from pipeline.bundle import save_bundle
+    from pipeline.evaluate import EvaluationData
+    from pipeline.recommend import NCFRecommender
+    from pipeline.train import build_model, fit, training_data
+
+    splits, users, items, vocabulary, user_features, item_features = _training_inputs(ws)
+    validation = EvaluationData.build(splits, items, len(users), "validation")
+    data = training_data(validation.train, user_features, item_features, vocabulary)
+    model = build_model(data, params.train)
+    check_users = validation.users_with_truth()
+    if params.train.early_stopping_users and params.train.early_stopping_users < len(check_users):
+        rng = np.random.default_rng(params.train.seed)
+        check_users = np.sort(rng.choice(check_users, params.train.early_stopping_users, replace=False))
+
+    def validate(candidate) -> float:
+        recommender = NCFRecommender(candidate, data.user_features, data.item_features, validation.train)
+        top, _ = recommender.recommend(check_users, k=10, exclude=validation.exclude, batch_size=512)
+        return float(metrics.accuracy_per_user(top, validation.truth[check_users], 10)["ndcg"].mean())
+
+    history = fit(model, data, params.train, validate, show_progress=show_progress)
+    spec = vocabulary.spec()
+    name = run_name(params, spec["hash"])
+    user_table = users.merge(
+        user_features.add_suffix("_id").rename(columns={"user_idx_id": "user_idx"}),
+        on="user_idx",
+        validate="one_to_one",
+    ).sort_values("user_idx")
+    item_table = items.merge(
+        item_features.add_suffix("_id").rename(columns={"item_idx_id": "item_idx"}),
+        on="item_idx",
+        validate="one_to_one",
+    ).sort_values("item_idx")
+    metadata = {
+        "run_name": name,
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "protocol": "bx-implicit-v1",
+        "feature_hash": spec["hash"],
+        "age_range": [params.ingest.min_age, params.ingest.max_age],
+        "train_params": params.train.model_dump(mode="json"),
+        "best_epoch": history.best_epoch,
+        "best_validation_ndcg_at_10": history.best_validation_ndcg,
+    }
+    with io.atomic_directory(ws.model) as out:
+        save_bundle(out, model, user_table, item_table, splits, vocabulary, history.as_dict(), metadata)
+    summary = {
+        "best_epoch": history.best_epoch,
+        "val_ndcg_at_10": round(history.best_validation_ndcg, 6),
+        "epochs_run": len(history.epochs),
+        "seconds_to_best": round(history.seconds_to_best, 1),
+        "seconds_total": round(history.seconds_total, 1),
+        "negative_collision_rate": round(history.sampler_collision_rate, 6),
+    }
+    io.write_json(summary, ws.reports / "train_metrics.json")
+    with io.atomic_path(ws.reports / "train_curve.csv") as tmp:
+        pd.DataFrame(history.epochs).to_csv(tmp, index=False)
+    return summary | {"run_name": name, "stopped_because": history.stopped_because}
+
+
 def evaluate(ws: Workspace, params: Params) -> dict:
+    """Stage evaluate: NCF and every baseline, full ranking on the test split."""
     from pipeline.baselines import make_baseline
+    from pipeline.bundle import load_bundle
     from pipeline.evaluate import EvaluationData
     from pipeline.evaluate import evaluate as evaluate_model
+    from pipeline.recommend import NCFRecommender
     from pipeline.reports import write_reports
 
     settings = params.evaluate
@@ -105,10 +196,134 @@ def evaluate(ws: Workspace, params: Params) -> dict:
     data = EvaluationData.build(
         load_splits(ws), items, len(users), "test", user_cohorts(ws, settings.cohort_top_countries)
     )
-    reports = {}
+    bundle = load_bundle(ws.model)
+    ncf = NCFRecommender(bundle.model, bundle.user_feature_tensor(), bundle.item_feature_tensor(), data.train)
+    reports = {"ncf": evaluate_model(ncf, data, settings.ks, settings.curve_max_k, batch_size=256)}
     for name, options in settings.baselines().items():
         model = make_baseline(name, **options).fit(data.train)
         reports[name] = evaluate_model(
             model, data, settings.ks, settings.curve_max_k, batch_size=settings.batch_size
         )
     return write_reports(reports, ws.reports)
+
+
+SERVING_REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "safetensors",
+    "ftfy",
+    "pydantic",
+    "pyyaml",
+    "pandera",
+    "scikit-learn",
+    "tqdm",
+)
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_REQUIREMENTS]
+
+
+def _production_on_split(client, production, ws: Workspace, params: Params) -> float:
+    """NDCG@10 of the production model measured on the current test split (through the registry)."""
+    import mlflow
+
+    from pipeline.evaluate import EvaluationData, ndcg_at
+    from pipeline.registry import MODEL_NAME
+    from pipeline.serving.service import RemappedRecommender
+
+    served = (
+        mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{production.version}")
+        .unwrap_python_model()
+        .recommender
+    )
+    users = io.read_parquet(ws.processed / "users.parquet")
+    items = io.read_parquet(ws.processed / "items.parquet")
+    data = EvaluationData.build(load_splits(ws), items, len(users), "test")
+    return ndcg_at(RemappedRecommender(served, users, items, data.train), data, k=10, batch_size=256)
+
+
+def register(ws: Workspace, params: Params, promote: bool = True) -> dict:
+    """Log the trained model to MLflow, register it (once per distinct model), run the gate, and promote
+    it to `production` only if every check passed."""
+    from pipeline import registry, tracking, versioning
+    from pipeline.bundle import fingerprint
+
+    metadata = io.read_json(ws.model / "metadata.json")
+    history = io.read_json(ws.model / "history.json")
+    metrics = io.read_json(ws.reports / "metrics.json")
+    if "ncf" not in metrics:
+        raise FileNotFoundError(
+            f"{ws.reports / 'metrics.json'} has no NCF metrics; run `bookrec evaluate` first"
+        )
+    model_fingerprint = fingerprint(ws.model)
+    data_version = versioning.data_version(ws.root)
+    split_version = data_version.get(params.paths.processed, "")
+    client = tracking.client(ws.root)
+    version = registry.find_version(client, model_fingerprint)
+    created = False
+    if version is None:
+        lineage = {
+            **tracking.git_commit(ws.root),
+            **{f"data:{path}": md5 for path, md5 in data_version.items()},
+            "split_version": split_version,
+            "feature_hash": metadata["feature_hash"],
+            "protocol": metadata["protocol"],
+            "trained_at": metadata["trained_at"],
+            "run_name": metadata["run_name"],
+        }
+        run = tracking.log_training_run(
+            ws.root,
+            run_name=metadata["run_name"],
+            params=params.train.model_dump(mode="json"),
+            tags=lineage | {"model_fingerprint": model_fingerprint},
+            history=history["epochs"],
+            metrics=metrics,
+            model_name="ncf",
+            bundle_dir=ws.model,
+            artifacts=[
+                ws.reports / "plots",
+                ws.reports / "train_curve.csv",
+                ws.reports / "cohorts.json",
+                ws.reports / "metrics.json",
+                ws.model / "feature_spec.json",
+            ],
+            pip_requirements=pip_requirements(),
+        )
+        version, created = registry.register(
+            client,
+            run.model_uri,
+            run.run_id,
+            model_fingerprint,
+            lineage | registry.metric_tags(metrics["ncf"]),
+        )
+    production = registry.production_version(client)
+    production_ndcg = None
+    if (
+        production is not None
+        and str(production.version) != str(version.version)
+        and production.tags.get("split_version") != split_version
+    ):
+        production_ndcg = _production_on_split(client, production, ws, params)
+    thresholds = registry.GateThresholds(**params.gate.model_dump())
+    decision = registry.evaluate_gate(
+        version, production, thresholds, metrics.get("popularity", {}).get("ndcg@10"), production_ndcg
+    )
+    registry.record_decision(client, decision)
+    aliases = {"production": None if production is None else str(production.version)}
+    if decision.passed and promote:
+        aliases = registry.promote(client, str(version.version), decision.summary())
+    return {
+        "version": str(version.version),
+        "created": created,
+        "gate": "passed" if decision.passed else "refused",
+        "reasons": decision.reasons,
+        "promoted": bool(decision.passed and promote),
+        **aliases,
+    }

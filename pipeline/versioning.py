@@ -65,6 +65,6 @@ def data_version(root: Path) -> dict[str, str]:
     if lock_file.is_file():
         for stage in (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}).values():
             for entry in [*stage.get("deps", []), *stage.get("outs", [])]:
-                if entry["path"].startswith(("data/", "models/")):
+                if not entry["path"].endswith(".py"):  # code is versioned by the git commit
                     version[entry["path"]] = entry.get("md5", "")
     return version

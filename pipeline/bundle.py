@@ -1,0 +1,140 @@
+"""The trained model on disk (`models/ncf/`): weights as safetensors, config and metadata as JSON,
+id maps, features and known interactions as Parquet. No pickles: everything loads with `weights_only`
+semantics, and the same folder is what MLflow stores as the pyfunc's artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline import io
+from pipeline.features import ITEM_FEATURES, USER_FEATURES, FeatureVocabulary
+from pipeline.model import NCF, NCFConfig
+
+WEIGHTS, CONFIG, METADATA = "weights.safetensors", "model_config.json", "metadata.json"
+USERS, ITEMS, INTERACTIONS = "users.parquet", "items.parquet", "interactions.parquet"
+VOCABULARY, FEATURE_SPEC, HISTORY = "vocabulary.json", "feature_spec.json", "history.json"
+FILES = (WEIGHTS, CONFIG, METADATA, USERS, ITEMS, INTERACTIONS, VOCABULARY, FEATURE_SPEC, HISTORY)
+SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
+
+
+class BundleError(RuntimeError):
+    """A model folder is incomplete or corrupt."""
+
+
+def save_bundle(
+    folder: Path,
+    model: NCF,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    splits: dict[str, pd.DataFrame],
+    vocabulary: FeatureVocabulary,
+    history: dict,
+    metadata: dict,
+) -> None:
+    """Write every file into `folder` (the caller makes the folder swap atomic)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS))
+    io.write_json(model.config.to_json(), folder / CONFIG)
+    io.write_parquet(users, folder / USERS)
+    io.write_parquet(items, folder / ITEMS)
+    interactions = pd.concat(
+        [
+            frame[["user_idx", "item_idx"]].assign(split=np.int8(code))
+            for name, frame in splits.items()
+            for code in [SPLIT_CODES[name]]
+        ],
+        ignore_index=True,
+    )
+    io.write_parquet(interactions, folder / INTERACTIONS)
+    io.write_json(vocabulary.to_json(), folder / VOCABULARY)
+    io.write_json(vocabulary.spec(), folder / FEATURE_SPEC)
+    io.write_json(history, folder / HISTORY)
+    io.write_json(metadata, folder / METADATA)
+
+
+def fingerprint(folder: Path) -> str:
+    """Identity of a trained model: its weights, config and the interactions it knows."""
+    digest = hashlib.sha256()
+    for name in (WEIGHTS, CONFIG, INTERACTIONS):
+        digest.update(io.sha256_file(folder / name).encode())
+    return digest.hexdigest()[:20]
+
+
+@dataclass
+class Bundle:
+    model: NCF
+    users: pd.DataFrame  # user_idx-ordered: user_id, age, city, region, country, <feature>_id
+    items: pd.DataFrame  # item_idx-ordered: isbn, title, author, year, publisher, image urls, <feature>_id
+    interactions: pd.DataFrame  # user_idx, item_idx, split
+    vocabulary: FeatureVocabulary
+    metadata: dict
+    history: dict
+
+    @property
+    def n_users(self) -> int:
+        return self.model.config.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.model.config.n_items
+
+    def feature_tensor(self, frame: pd.DataFrame, columns: tuple[str, ...]) -> torch.Tensor:
+        """Feature ids (columns `<feature>_id`) plus the all-unknown row of cold-start readers."""
+        values = frame[[f"{c}_id" for c in columns]].to_numpy(dtype=np.int64)
+        return torch.from_numpy(np.vstack([values, np.zeros((1, len(columns)), dtype=np.int64)]))
+
+    def user_feature_tensor(self) -> torch.Tensor:
+        return self.feature_tensor(self.users, USER_FEATURES)
+
+    def item_feature_tensor(self) -> torch.Tensor:
+        return self.feature_tensor(self.items, ITEM_FEATURES)
+
+    def matrix(self, splits: tuple[str, ...]) -> sp.csr_matrix:
+        codes = [SPLIT_CODES[s] for s in splits]
+        chosen = self.interactions[self.interactions["split"].isin(codes)]
+        ones = np.ones(len(chosen), dtype=np.float32)
+        return sp.csr_matrix(
+            (ones, (chosen["user_idx"], chosen["item_idx"])), shape=(self.n_users, self.n_items)
+        )
+
+
+def load_bundle(folder: Path) -> Bundle:
+    folder = Path(folder)
+    missing = [name for name in FILES if not (folder / name).is_file()]
+    if missing:
+        raise BundleError(f"{folder}: incomplete model, missing {', '.join(missing)}")
+    try:
+        config = NCFConfig.from_json(io.read_json(folder / CONFIG))
+        model = NCF(config)
+        model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    except (json.JSONDecodeError, TypeError, KeyError, RuntimeError, OSError, Exception) as err:
+        raise BundleError(
+            f"{folder}: cannot load the weights or config ({type(err).__name__}: {err})"
+        ) from err
+    model.eval()
+    users = io.read_parquet(folder / USERS).sort_values("user_idx", ignore_index=True)
+    items = io.read_parquet(folder / ITEMS).sort_values("item_idx", ignore_index=True)
+    if len(users) != config.n_users or len(items) != config.n_items:
+        raise BundleError(
+            f"{folder}: id maps ({len(users)} users, {len(items)} items) do not match the model "
+            f"({config.n_users}, {config.n_items})"
+        )
+    return Bundle(
+        model=model,
+        users=users,
+        items=items,
+        interactions=io.read_parquet(folder / INTERACTIONS),
+        vocabulary=FeatureVocabulary.from_json(io.read_json(folder / VOCABULARY)),
+        metadata=io.read_json(folder / METADATA),
+        history=io.read_json(folder / HISTORY),
+    )

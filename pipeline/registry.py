@@ -1,0 +1,222 @@
+"""The model registry: versions of `bookrec-ncf`, the promotion gate, promotion and rollback.
+
+Aliases, never stages: `challenger` (the newest registered version), `production` (what the dashboard
+and the API serve) and `previous` (what `rollback` returns to). `production` moves only after every
+check of the gate passed; a refused or failed gate leaves it exactly where it was.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+MODEL_NAME = "bookrec-ncf"
+CHALLENGER, PRODUCTION, PREVIOUS = "challenger", "production", "previous"
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot be reached, or a version/alias does not exist."""
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    ndcg_tolerance: float  # candidate NDCG@10 >= production NDCG@10 - tolerance
+    min_coverage: float
+    min_personalization: float
+    min_novelty: float  # normalised novelty, in [0, 1]
+    beat_popularity: bool  # candidate NDCG@10 must exceed the popularity baseline's on the same split
+
+
+@dataclass
+class GateDecision:
+    version: str
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    compared_with: str | None = None
+
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "REFUSED"
+        return f"gate {verdict} for version {self.version}: " + "; ".join(self.reasons)
+
+
+def _alias_version(client, alias: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(MODEL_NAME, alias)
+    except MlflowException as err:
+        if err.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            return None
+        raise RegistryError(f"registry error reading alias {alias!r}: {err}") from err
+
+
+def production_version(client) -> Any | None:
+    return _alias_version(client, PRODUCTION)
+
+
+def find_version(client, fingerprint: str) -> Any | None:
+    """The version registered for this exact model (weights + config + data), if any."""
+    found = client.search_model_versions(f"name='{MODEL_NAME}' and tags.fingerprint='{fingerprint}'")
+    return found[0] if found else None
+
+
+def register(client, model_uri: str, run_id: str, fingerprint: str, tags: dict[str, str]) -> tuple[Any, bool]:
+    """Register the logged model (or return the version that already holds it) and mark it `challenger`.
+
+    Returns (version, created). Idempotent: a retried or re-run task never creates a duplicate version.
+    """
+    from mlflow.exceptions import MlflowException
+
+    existing = find_version(client, fingerprint)
+    if existing is not None:
+        return existing, False
+    try:
+        client.get_registered_model(MODEL_NAME)
+    except MlflowException:
+        client.create_registered_model(
+            MODEL_NAME, description="NCF (GMF + MLP towers, side features) trained with BPR on Book-Crossing."
+        )
+    version = client.create_model_version(
+        MODEL_NAME, source=model_uri, run_id=run_id, tags={**tags, "fingerprint": fingerprint}
+    )
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version.version)
+    return version, True
+
+
+def metric_tag(key: str) -> str:
+    """'ndcg@10' -> 'metric.ndcg_at_10' (MLflow keys may not contain '@')."""
+    return "metric." + key.replace("@", "_at_")
+
+
+def _metric(tags: dict[str, str], key: str) -> float | None:
+    value = tags.get(metric_tag(key))
+    return float(value) if value not in (None, "") else None
+
+
+def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
+    return {metric_tag(key): f"{value:.6f}" for key, value in metrics.items()}
+
+
+def evaluate_gate(
+    candidate: Any,
+    production: Any | None,
+    thresholds: GateThresholds,
+    popularity_ndcg: float | None,
+    production_ndcg_on_split: float | None = None,
+) -> GateDecision:
+    """Pure decision from the versions' metric tags. `production_ndcg_on_split` replaces production's
+    stored NDCG when production was evaluated on a different split (it is then re-measured on this one)."""
+    tags = candidate.tags
+    decision = GateDecision(version=str(candidate.version), passed=True)
+
+    def check(ok: bool, text: str) -> None:
+        decision.reasons.append(("ok: " if ok else "FAIL: ") + text)
+        decision.passed &= ok
+
+    ndcg = _metric(tags, "ndcg@10")
+    if ndcg is None:
+        check(False, f"the candidate has no {metric_tag('ndcg@10')} tag")
+        return decision
+    for key, floor in (
+        ("coverage@10", thresholds.min_coverage),
+        ("personalization@10", thresholds.min_personalization),
+        ("novelty_normalised@10", thresholds.min_novelty),
+    ):
+        value = _metric(tags, key)
+        check(value is not None and value >= floor, f"{key} {value} >= floor {floor}")
+    if thresholds.beat_popularity and popularity_ndcg is not None:
+        check(ndcg > popularity_ndcg, f"ndcg@10 {ndcg:.4f} > popularity baseline {popularity_ndcg:.4f}")
+    if production is None:
+        decision.reasons.append("no production model yet")
+    elif str(production.version) == str(candidate.version):
+        decision.reasons.append("the candidate is already production")
+    else:
+        decision.compared_with = str(production.version)
+        reference = production_ndcg_on_split
+        if reference is None:
+            reference = _metric(production.tags, "ndcg@10")
+        if reference is None:
+            check(False, f"production version {production.version} has no ndcg@10 to compare with")
+        else:
+            bar = reference - thresholds.ndcg_tolerance
+            check(
+                ndcg >= bar,
+                f"ndcg@10 {ndcg:.4f} >= production v{production.version} {reference:.4f} "
+                f"- tolerance {thresholds.ndcg_tolerance} = {bar:.4f}",
+            )
+    return decision
+
+
+def record_decision(client, decision: GateDecision) -> None:
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    client.set_model_version_tag(
+        MODEL_NAME, decision.version, "gate", "passed" if decision.passed else "refused"
+    )
+    client.set_model_version_tag(
+        MODEL_NAME, decision.version, "gate_reasons", json.dumps(decision.reasons)[:4900]
+    )
+    client.set_model_version_tag(MODEL_NAME, decision.version, "gate_at", stamp)
+    client.update_model_version(MODEL_NAME, decision.version, description=f"[{stamp}] {decision.summary()}")
+
+
+def promote(client, version: str, reason: str) -> dict[str, str | None]:
+    """Move `production` to `version`; the version it leaves becomes `previous`."""
+    target = client.get_model_version(MODEL_NAME, str(version))  # raises if it does not exist
+    current = production_version(client)
+    if current is not None and str(current.version) == str(target.version):
+        return {"production": str(target.version), "previous": _version_of(_alias_version(client, PREVIOUS))}
+    if current is not None:
+        client.set_registered_model_alias(MODEL_NAME, PREVIOUS, current.version)
+    client.set_registered_model_alias(MODEL_NAME, PRODUCTION, target.version)
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    client.set_model_version_tag(MODEL_NAME, target.version, "promoted_at", stamp)
+    client.set_model_version_tag(MODEL_NAME, target.version, "promoted_because", reason[:4900])
+    return {"production": str(target.version), "previous": _version_of(current)}
+
+
+def rollback(client, reason: str) -> dict[str, str | None]:
+    """Move `production` back to `previous`; the version rolled back from becomes `previous`."""
+    previous = _alias_version(client, PREVIOUS)
+    current = production_version(client)
+    if previous is None:
+        raise RegistryError("no `previous` version to roll back to")
+    client.set_registered_model_alias(MODEL_NAME, PRODUCTION, previous.version)
+    if current is not None:
+        client.set_registered_model_alias(MODEL_NAME, PREVIOUS, current.version)
+        client.set_model_version_tag(MODEL_NAME, current.version, "rolled_back_because", reason[:4900])
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    client.set_model_version_tag(MODEL_NAME, previous.version, "restored_at", stamp)
+    return {"production": str(previous.version), "previous": _version_of(current)}
+
+
+def _version_of(model_version: Any | None) -> str | None:
+    return None if model_version is None else str(model_version.version)
+
+
+def list_versions(client) -> list[dict[str, Any]]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = client.get_registered_model(MODEL_NAME).aliases
+    except MlflowException:
+        return []
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in client.search_model_versions(f"name='{MODEL_NAME}'", order_by=["version_number DESC"]):
+        rows.append(
+            {
+                "version": str(mv.version),
+                "aliases": ",".join(sorted(by_version.get(str(mv.version), []))),
+                "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime(
+                    "%Y-%m-%d %H:%M"
+                ),
+                **{key: mv.tags.get(metric_tag(key), "") for key in ("ndcg@10", "recall@10", "coverage@10")},
+                "gate": mv.tags.get("gate", ""),
+                "run_id": mv.run_id,
+            }
+        )
+    return rows

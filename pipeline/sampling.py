@@ -1,0 +1,75 @@
+"""Vectorised negative sampling for BPR: n negatives per positive, none of them a positive of the user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+@dataclass
+class SampleStats:
+    drawn: int = 0
+    first_draw_collisions: int = 0  # negatives that hit a positive before resampling
+    left_colliding: int = 0  # still a positive after every resampling round
+
+    @property
+    def collision_rate(self) -> float:
+        return self.first_draw_collisions / max(self.drawn, 1)
+
+
+class NegativeSampler:
+    """Draws items uniformly, or in proportion to popularity**power, and redraws collisions with the
+    user's positives (up to `max_rounds` times; what still collides after that is counted)."""
+
+    def __init__(
+        self,
+        positives: sp.csr_matrix,
+        distribution: str = "uniform",
+        power: float = 0.75,
+        max_rounds: int = 10,
+    ):
+        if distribution not in ("uniform", "popularity"):
+            raise ValueError(f"distribution must be 'uniform' or 'popularity', not {distribution!r}")
+        positives = positives.tocsr()
+        self.n_items = positives.shape[1]
+        rows = np.repeat(np.arange(positives.shape[0], dtype=np.int64), np.diff(positives.indptr))
+        self._positive_keys = torch.from_numpy(
+            np.sort(rows * self.n_items + positives.indices.astype(np.int64))
+        )
+        self.distribution = distribution
+        popularity = np.bincount(positives.indices, minlength=self.n_items).astype(np.float64)
+        self._weights = (
+            torch.from_numpy((popularity + 1.0) ** power) if distribution == "popularity" else None
+        )
+        self.max_rounds = max_rounds
+        self.stats = SampleStats()
+
+    def _draw(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        if self._weights is None:
+            return torch.randint(0, self.n_items, shape, generator=generator)
+        flat = torch.multinomial(self._weights, int(np.prod(shape)), replacement=True, generator=generator)
+        return flat.view(shape)
+
+    def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        keys = users * self.n_items + items
+        position = torch.searchsorted(self._positive_keys, keys).clamp(max=len(self._positive_keys) - 1)
+        return self._positive_keys[position] == keys
+
+    def sample(self, users: torch.Tensor, n_negatives: int, generator: torch.Generator) -> torch.Tensor:
+        """(len(users), n_negatives) item indices."""
+        users = users.long().unsqueeze(1).expand(-1, n_negatives)
+        negatives = self._draw(tuple(users.shape), generator)
+        colliding = self.is_positive(users, negatives)
+        self.stats.drawn += negatives.numel()
+        self.stats.first_draw_collisions += int(colliding.sum())
+        for _ in range(self.max_rounds):
+            if not colliding.any():
+                break
+            redraw = self._draw((int(colliding.sum()),), generator)
+            negatives[colliding] = redraw
+            colliding[colliding.clone()] = self.is_positive(users[colliding], redraw)
+        self.stats.left_colliding += int(colliding.sum())
+        return negatives

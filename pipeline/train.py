@@ -1,0 +1,194 @@
+"""The training loop: BPR with sampled negatives, Adam, early stopping on validation NDCG@10.
+
+No MLflow here (tracking is its own edge); the loop returns a `History` and leaves the best weights
+in the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm import tqdm
+
+from pipeline.config import TrainParams
+from pipeline.losses import bpr_loss, l2_penalty
+from pipeline.model import NCF, NCFConfig
+from pipeline.sampling import NegativeSampler
+
+
+@dataclass
+class TrainingData:
+    train: sp.csr_matrix  # (n_users, n_items) binary positives of the train split
+    user_features: torch.Tensor  # (n_users + 1, n_user_features) long; the last row is the unknown user
+    item_features: torch.Tensor  # (n_items + 1, n_item_features) long
+    user_feature_sizes: dict[str, int]
+    item_feature_sizes: dict[str, int]
+
+    @property
+    def n_users(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.train.shape[1]
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_validation_ndcg: float = float("-inf")
+    seconds_to_best: float = 0.0
+    seconds_total: float = 0.0
+    stopped_because: str = ""
+    sampler_collision_rate: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {key: getattr(self, key) for key in self.__dataclass_fields__}
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seeds weight initialisation (global torch RNG); returns the generator for shuffling and sampling."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def set_threads(threads: int) -> int:
+    count = threads if threads > 0 else (os.cpu_count() or 1)
+    torch.set_num_threads(count)
+    return count
+
+
+def build_model(data: TrainingData, params: TrainParams) -> NCF:
+    config = NCFConfig(
+        n_users=data.n_users,
+        n_items=data.n_items,
+        user_features=data.user_feature_sizes,
+        item_features=data.item_feature_sizes,
+        gmf_dim=params.gmf_dim,
+        mlp_dim=params.mlp_dim,
+        mlp_layers=tuple(params.mlp_layers),
+        dropout=params.dropout,
+        use_history=params.use_history,
+        use_side_features=params.use_side_features,
+        history_alpha=params.history_alpha,
+        init_std=params.init_std,
+    )
+    return NCF(config)
+
+
+def _sparse_tensor(matrix: sp.csr_matrix) -> torch.Tensor:
+    coo = matrix.tocoo()
+    indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    return torch.sparse_coo_tensor(indices, torch.ones(coo.nnz), coo.shape, check_invariants=False).coalesce()
+
+
+def fit(
+    model: NCF,
+    data: TrainingData,
+    params: TrainParams,
+    validate: Callable[[NCF], float] | None = None,
+    show_progress: bool = True,
+) -> History:
+    """Train `model` in place; the weights of the best validation epoch are restored at the end."""
+    generator = seed_everything(params.seed)
+    set_threads(params.threads)
+    train = data.train.tocoo()
+    users = torch.from_numpy(train.row.astype(np.int64))
+    items = torch.from_numpy(train.col.astype(np.int64))
+    user_items = _sparse_tensor(data.train)
+    counts = torch.from_numpy(np.diff(data.train.tocsr().indptr).astype(np.int64))
+    sampler = NegativeSampler(data.train, params.negative_sampling, params.popularity_power)
+    # L2 on embeddings is applied to the rows a batch uses (in the loss); weight decay only on the MLP.
+    embeddings = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
+    dense = [p for name, p in model.named_parameters() if name.startswith("mlp.")]
+    optimizer = torch.optim.Adam(
+        [
+            {"params": embeddings, "weight_decay": 0.0},
+            {"params": dense, "weight_decay": params.mlp_weight_decay},
+        ],
+        lr=params.lr,
+    )
+    history = History()
+    best_state = copy.deepcopy(model.state_dict())
+    started = time.perf_counter()
+    bad_epochs = 0
+    progress = tqdm(range(1, params.epochs + 1), desc="train", unit="epoch", disable=not show_progress)
+    for epoch in progress:
+        model.train()
+        order = torch.randperm(len(users), generator=generator)
+        total_loss, batches = 0.0, 0
+        for start in range(0, len(order), params.batch_size):
+            batch = order[start : start + params.batch_size]
+            u, positive = users[batch], items[batch]
+            negative = sampler.sample(u, params.negatives, generator)  # (B, n)
+            terms = model.training_history_terms(user_items, counts, u, positive)
+            user = model.user_vectors(u, data.user_features[u], terms)
+            both = torch.cat([positive.unsqueeze(1), negative], dim=1)  # (B, 1 + n)
+            item = model.item_vectors(both, data.item_features[both])
+            scores = model.score(user, item)
+            loss = bpr_loss(scores[:, 0], scores[:, 1:])
+            if params.l2 > 0:
+                loss = loss + params.l2 * l2_penalty(*model.regularised(user, item))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach())
+            batches += 1
+        row = {"epoch": epoch, "loss": total_loss / max(batches, 1)}
+        elapsed = time.perf_counter() - started
+        if validate is not None and (epoch % params.eval_every == 0 or epoch == params.epochs):
+            model.eval()
+            row["val_ndcg_at_10"] = validate(model)
+            if row["val_ndcg_at_10"] > history.best_validation_ndcg:
+                history.best_validation_ndcg = row["val_ndcg_at_10"]
+                history.best_epoch = epoch
+                history.seconds_to_best = time.perf_counter() - started
+                best_state = copy.deepcopy(model.state_dict())
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+        elif validate is None:
+            history.best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+            history.seconds_to_best = time.perf_counter() - started
+        row["seconds"] = time.perf_counter() - started
+        history.epochs.append(row)
+        progress.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k in ("loss", "val_ndcg_at_10")})
+        if bad_epochs >= params.patience:
+            history.stopped_because = f"no validation improvement for {params.patience} evaluations"
+            break
+        if params.max_seconds and elapsed > params.max_seconds:
+            history.stopped_because = f"time budget of {params.max_seconds} s reached"
+            break
+    else:
+        history.stopped_because = f"all {params.epochs} epochs done"
+    model.load_state_dict(best_state)
+    model.eval()
+    history.seconds_total = time.perf_counter() - started
+    history.sampler_collision_rate = sampler.stats.collision_rate
+    return history
+
+
+def training_data(train: sp.csr_matrix, user_features, item_features, vocabulary) -> TrainingData:
+    """Tensors for training from the features stage's tables (rows sorted by index); the extra last row
+    of each feature table is the all-unknown row used for cold-start readers."""
+    from pipeline.features import ITEM_FEATURES, USER_FEATURES
+
+    def table(frame, columns) -> torch.Tensor:
+        values = frame.sort_values(frame.columns[0])[list(columns)].to_numpy(dtype=np.int64)
+        return torch.from_numpy(np.vstack([values, np.zeros((1, len(columns)), dtype=np.int64)]))
+
+    return TrainingData(
+        train=train,
+        user_features=table(user_features, USER_FEATURES),
+        item_features=table(item_features, ITEM_FEATURES),
+        user_feature_sizes={name: vocabulary.cardinality(name) for name in USER_FEATURES},
+        item_feature_sizes={name: vocabulary.cardinality(name) for name in ITEM_FEATURES},
+    )
