@@ -71,5 +71,26 @@ class NegativeSampler:
             redraw = self._draw((int(colliding.sum()),), generator)
             negatives[colliding] = redraw
             colliding[colliding.clone()] = self.is_positive(users[colliding], redraw)
+        if colliding.any():
+            negatives[colliding] = self._draw_outside(users[colliding], generator)
+            colliding[colliding.clone()] = self.is_positive(users[colliding], negatives[colliding])
         self.stats.left_colliding += int(colliding.sum())
         return negatives
+
+    def _draw_outside(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Exact fallback for the rare draws that kept colliding: sample among each user's non-positives."""
+        result = torch.empty_like(users)
+        keys = self._positive_keys
+        for row, user in enumerate(users.tolist()):
+            start = int(torch.searchsorted(keys, torch.tensor(user * self.n_items)))
+            stop = int(torch.searchsorted(keys, torch.tensor((user + 1) * self.n_items)))
+            read = keys[start:stop] - user * self.n_items
+            allowed = torch.ones(self.n_items, dtype=torch.bool)
+            allowed[read] = False
+            candidates = torch.nonzero(allowed).flatten()
+            if len(candidates) == 0:  # the user read everything: nothing can be a negative
+                result[row] = 0
+                continue
+            weights = self._weights[candidates] if self._weights is not None else torch.ones(len(candidates))
+            result[row] = candidates[torch.multinomial(weights.double(), 1, generator=generator)]
+        return result

@@ -40,9 +40,21 @@ def client(root: Path):
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith(("http://", "https://")):
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast with a clear message: MLflow's client would retry an unreachable server for minutes."""
+    import httpx
+
+    try:
+        httpx.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except httpx.HTTPError as err:
+        raise TrackingError(f"cannot reach the MLflow server at {uri} ({type(err).__name__}: {err})") from None
 
 
 def experiment_id(mlflow_client, root: Path, name: str = EXPERIMENT) -> str:

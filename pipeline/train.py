@@ -55,7 +55,7 @@ class History:
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seeds weight initialisation (global torch RNG); returns the generator for shuffling and sampling."""
+    """Seeds the global torch RNG (dropout) and returns the generator for shuffling and sampling."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
@@ -67,6 +67,8 @@ def set_threads(threads: int) -> int:
 
 
 def build_model(data: TrainingData, params: TrainParams) -> NCF:
+    """A freshly initialised NCF; the same seed gives the same initial weights."""
+    torch.manual_seed(params.seed)
     config = NCFConfig(
         n_users=data.n_users,
         n_items=data.n_items,

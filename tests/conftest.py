@@ -102,3 +102,48 @@ def real_workspace(tmp_path_factory, shared_bx):
     stages.preprocess(ws, params)
     stages.features(ws, params)
     return ws
+
+
+# Small, fast settings for pipelines on the synthetic dataset (the real ones are in params.yaml).
+SMALL_PARAMS = {
+    "train": {"epochs": 12, "gmf_dim": 16, "mlp_dim": 8, "mlp_layers": [16], "batch_size": 512, "lr": 0.01,
+              "max_seconds": 0, "patience": 12, "threads": 1, "early_stopping_users": 0},
+    "evaluate": {"als": {"factors": 8, "regularization": 1.0, "alpha": 10.0, "iterations": 3, "seed": 42},
+                 "curve_max_k": 20},
+    "gate": {"min_personalization": 0.5, "min_coverage": 0.05, "min_novelty": 0.1},
+}
+
+
+def use_small_params(root: Path, extra: dict | None = None) -> None:
+    import yaml
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in {**SMALL_PARAMS, **(extra or {})}.items():
+        for key, value in values.items():
+            if isinstance(value, dict):
+                params[section][key].update(value)
+            else:
+                params[section][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def build_synthetic_project(target: Path, synthetic: SyntheticBX, register: bool = True) -> Path:
+    """A project copy with the synthetic data fetched, the whole DVC pipeline run, and (by default) the
+    model registered and promoted in the copy's own MLflow store."""
+    root = copy_project(target)
+    use_small_params(root)
+    run(["bookrec", "data", "fetch", "--source", str(synthetic.folder), "--allow-modified"], root)
+    run(["dvc", "repro"], root)
+    if register:
+        run(["bookrec", "register"], root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory, synthetic_bx) -> Path:
+    """Session-wide: a trained, registered, promoted model on the synthetic data. Tests must not change it."""
+    return build_synthetic_project(tmp_path_factory.mktemp("trained") / "project", synthetic_bx)
+
+
+def mlflow_env(root: Path) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}

@@ -1,0 +1,164 @@
+"""Model behaviour on inputs where the right answer is known: planted tastes, side features, cold start,
+the serving path against the training forward, BPR by hand, the sampler, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from pipeline.config import load_params
+from pipeline.losses import bpr_loss, l2_penalty
+from pipeline.model import NCF, NCFConfig, history_matrix
+from pipeline.recommend import NCFRecommender
+from pipeline.sampling import NegativeSampler
+from pipeline.train import TrainingData, build_model, fit
+from tests.conftest import REPO_ROOT
+
+N_GROUPS, USERS_PER_GROUP, ITEMS_PER_GROUP = 4, 30, 12
+
+
+def planted(seed: int = 0, reads: int = 6):
+    """Users of group g read only books of shelf g; a user's country (feature 'country') is g."""
+    rng = np.random.default_rng(seed)
+    rows, cols = [], []
+    for user in range(N_GROUPS * USERS_PER_GROUP):
+        group = user // USERS_PER_GROUP
+        books = rng.choice(ITEMS_PER_GROUP, size=reads, replace=False) + group * ITEMS_PER_GROUP
+        rows += [user] * reads
+        cols += books.tolist()
+    n_users, n_items = N_GROUPS * USERS_PER_GROUP, N_GROUPS * ITEMS_PER_GROUP
+    train = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_users, n_items))
+    user_features = torch.zeros((n_users + 1, 3), dtype=torch.long)
+    user_features[:n_users, 1] = torch.arange(n_users) // USERS_PER_GROUP + 1  # country id; 0 = unknown
+    item_features = torch.zeros((n_items + 1, 3), dtype=torch.long)
+    item_features[:n_items, 0] = torch.arange(n_items) // ITEMS_PER_GROUP + 1  # author id per shelf
+    return TrainingData(train, user_features, item_features,
+                        {"age_bucket": 3, "country": N_GROUPS + 1, "region": 2},
+                        {"author": N_GROUPS + 1, "publisher": 2, "decade": 2})
+
+
+def small_params(**overrides):
+    base = load_params(REPO_ROOT).train.model_copy(update={
+        "gmf_dim": 16, "mlp_dim": 8, "mlp_layers": (16,), "dropout": 0.0, "lr": 0.02, "batch_size": 256,
+        "epochs": 30, "negatives": 4, "l2": 1e-5, "patience": 30, "max_seconds": 0, "threads": 1,
+        "early_stopping_users": 0,
+    })
+    return base.model_copy(update=overrides)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = planted()
+    model = build_model(data, small_params())
+    history = fit(model, data, small_params(), validate=None, show_progress=False)
+    return data, model, history
+
+
+def test_planted_tastes_are_learned_in_seconds(trained):
+    data, model, history = trained
+    assert history.epochs[-1]["loss"] < 0.5 * history.epochs[0]["loss"]
+    recommender = NCFRecommender(model, data.user_features, data.item_features, data.train)
+    users = np.arange(data.n_users)
+    top, _ = recommender.recommend(users, k=ITEMS_PER_GROUP - 6)  # the unread rest of the own shelf
+    own_shelf = (top // ITEMS_PER_GROUP) == (users[:, None] // USERS_PER_GROUP)
+    assert own_shelf.mean() > 0.95
+
+
+def test_serving_path_equals_training_forward(trained):
+    data, model, _ = trained
+    users = torch.tensor([0, 31, 95])
+    recommender = NCFRecommender(model, data.user_features, data.item_features, data.train)
+    full = recommender.score_users(users.numpy())  # precomputed item cache, chunked MLP
+    rows = data.train[users.numpy()]
+    terms = model.history_terms(history_matrix(rows.indptr, rows.indices, data.n_items, model.config.history_alpha))
+    user = model.user_vectors(users, data.user_features[users], terms)
+    items = torch.arange(data.n_items).expand(len(users), -1)
+    with torch.no_grad():
+        pairwise = model.score(user, model.item_vectors(items, data.item_features[items]))
+    assert full.shape == (3, data.n_items)
+    np.testing.assert_allclose(full, pairwise.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_side_features_change_a_users_ranking(trained):
+    data, model, _ = trained
+    recommender = NCFRecommender(model, data.user_features, data.item_features, data.train)
+    before = recommender.score_users(np.array([0]))[0]
+    moved = data.user_features.clone()
+    moved[0, 1] = 3  # same user, other country
+    after = NCFRecommender(model, moved, data.item_features, data.train).score_users(np.array([0]))[0]
+    change = after - before
+    # not a constant shift (which BPR could not even learn): different books move differently
+    assert np.std(change) > 1e-3
+    assert not np.array_equal(np.argsort(-before)[:10], np.argsort(-after)[:10])
+
+
+def test_cold_start_from_location_alone_and_with_liked_books(trained):
+    data, model, _ = trained
+    unknown = torch.tensor([data.n_users, data.n_users])
+    features = torch.zeros((2, 3), dtype=torch.long)
+    features[:, 1] = torch.tensor([1, 3])  # country of group 0 and of group 2
+    empty = sp.csr_matrix((2, data.n_items), dtype=np.float32)
+    terms = model.history_terms(history_matrix(empty.indptr, empty.indices, data.n_items, 0.5))
+    recommender = NCFRecommender(model, data.user_features, data.item_features, data.train)
+    with torch.no_grad():
+        scores = model.score_all_items(model.user_vectors(unknown, features, terms), recommender.item_cache()).numpy()
+    assert np.argmax(scores[0]) // ITEMS_PER_GROUP == 0
+    assert np.argmax(scores[1]) // ITEMS_PER_GROUP == 2
+    liked = sp.csr_matrix((np.ones(3), ([0, 0, 0], [37, 38, 39])), shape=(1, data.n_items))  # shelf 3
+    terms = model.history_terms(history_matrix(liked.indptr, liked.indices, data.n_items, 0.5))
+    with torch.no_grad():
+        folded = model.score_all_items(model.user_vectors(unknown[:1], torch.zeros((1, 3), dtype=torch.long), terms),
+                                       recommender.item_cache()).numpy()[0]
+    folded[[37, 38, 39]] = -np.inf
+    assert np.argmax(folded) // ITEMS_PER_GROUP == 3
+
+
+def test_bpr_loss_by_hand():
+    loss = bpr_loss(torch.tensor([2.0]), torch.tensor([[1.0, 3.0]]))
+    expected = (-math.log(1 / (1 + math.exp(-1))) - math.log(1 / (1 + math.exp(1)))) / 2
+    assert float(loss) == pytest.approx(expected)  # 0.81326
+    assert float(loss) == pytest.approx(0.8132616875)
+    huge = bpr_loss(torch.tensor([0.0]), torch.tensor([[1000.0]]))
+    assert math.isfinite(float(huge)) and float(huge) == pytest.approx(1000.0)
+    assert float(l2_penalty(torch.tensor([[1.0, 2.0], [0.0, 1.0]]))) == pytest.approx(3.0)
+
+
+def test_sampler_never_returns_a_positive_and_reports_collisions():
+    dense = np.zeros((50, 40), dtype=np.float32)
+    dense[:, :20] = 1  # every user read half the catalog
+    sampler = NegativeSampler(sp.csr_matrix(dense))
+    generator = torch.Generator().manual_seed(0)
+    users = torch.arange(50).repeat(20)
+    negatives = sampler.sample(users, 8, generator)
+    assert negatives.shape == (1000, 8)
+    assert bool((negatives >= 20).all())
+    assert sampler.stats.collision_rate == pytest.approx(0.5, abs=0.03)
+    assert sampler.stats.left_colliding == 0
+    popular = NegativeSampler(sp.csr_matrix(dense), distribution="popularity")
+    assert bool((popular.sample(users, 4, generator) >= 20).all())
+
+
+def test_two_one_epoch_runs_with_one_seed_give_identical_weights():
+    data = planted()
+    params = small_params(epochs=1)
+    first, second = build_model(data, params), build_model(data, params)
+    fit(first, data, params, show_progress=False)
+    fit(second, data, params, show_progress=False)
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    other = build_model(data, params.model_copy(update={"seed": 7}))
+    fit(other, data, params.model_copy(update={"seed": 7}), show_progress=False)
+    assert not torch.equal(first.state_dict()["item_gmf.ids.weight"], other.state_dict()["item_gmf.ids.weight"])
+
+
+def test_config_round_trip_and_ablation_switches():
+    config = NCFConfig(n_users=3, n_items=4, user_features={"age_bucket": 2}, item_features={"author": 2},
+                       mlp_layers=(8, 4), use_history=False, use_side_features=False)
+    assert NCFConfig.from_json(config.to_json()) == config
+    model = NCF(config)
+    assert model.history_terms(torch.zeros(1, 4).to_sparse()) is None
+    assert not any("features" in name for name, _ in model.named_parameters())

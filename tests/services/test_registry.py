@@ -1,0 +1,207 @@
+"""MLflow tracking and registry against a real SQLite-backed store in a temporary project:
+lineage, the pyfunc round trip, the gate, promotion and rollback, faults, and REST scoring."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import io, registry, stages, tracking
+from pipeline.config import Workspace
+from tests.conftest import BIN, build_synthetic_project, mlflow_env, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, synthetic_bx) -> Path:
+    """A registry of its own: these tests move aliases."""
+    return build_synthetic_project(tmp_path_factory.mktemp("registry") / "project", synthetic_bx)
+
+
+@pytest.fixture(scope="module")
+def client(project):
+    return tracking.client(project)
+
+
+def load_production(project):
+    import mlflow
+
+    tracking.client(project)
+    return mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@production")
+
+
+def test_production_version_carries_lineage_and_metrics(project, client):
+    version = registry.production_version(client)
+    assert version is not None and str(version.version) == "1"
+    tags = version.tags
+    lock = (project / "dvc.lock").read_text()
+    for key in ("data:data/processed", "data:data/features", "data:models/ncf"):
+        assert tags[key].endswith(".dir") and tags[key] in lock, key
+    assert tags["data:data/raw"] in (project / "data.dvc").read_text()
+    assert tags["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert float(tags["metric.ndcg_at_10"]) > 0
+    assert tags["gate"] == "passed"
+    mlflow_run = client.get_run(version.run_id)
+    assert mlflow_run.data.params["gmf_dim"] == "16"
+    assert "val_ndcg_at_10" in mlflow_run.data.metrics and "baseline.als.ndcg_at_10" in mlflow_run.data.metrics
+    assert mlflow_run.info.run_name.startswith(time.strftime("%Y-"))
+    artifacts = {a.path for a in client.list_artifacts(version.run_id)}
+    assert {"plots", "metrics.json", "train_curve.csv"} <= artifacts
+
+
+def test_pyfunc_equals_the_in_process_model_and_reproduces_test_metrics(project):
+    from pipeline.evaluate import EvaluationData
+    from pipeline.serving.service import BookRecommender
+
+    model = load_production(project)
+    local = BookRecommender.from_folder(project / "models" / "ncf")
+    users = local.users["user_id"].head(25).tolist()
+    request = pd.DataFrame({"user_id": users, "k": 10})
+    served = model.predict(request)
+    assert list(served.columns) == ["user_id", "rank", "isbn", "score"]
+    pd.testing.assert_frame_equal(served.reset_index(drop=True), local.recommend(users, 10))
+    # exclude="train" reproduces the evaluation: same lists as the evaluator's NCF ranking on test
+    ws, params = Workspace.load(project)
+    splits = stages.load_splits(ws)
+    items = io.read_parquet(ws.processed / "items.parquet")
+    data = EvaluationData.build(splits, items, len(local.users), "test")
+    from pipeline.recommend import NCFRecommender
+
+    engine = NCFRecommender(local.model, local.bundle.user_feature_tensor(), local.bundle.item_feature_tensor(), data.train)
+    top, _ = engine.recommend(np.arange(25), k=10, exclude=data.exclude)
+    through_registry = model.predict(request, params={"exclude": "train"})
+    expected = items.set_index("item_idx").loc[top.ravel(), "isbn"].to_numpy()
+    assert through_registry["isbn"].tolist() == expected.tolist()
+    # read books never come back with exclude="all"
+    read = set(local.items["isbn"].iloc[local.read_items(users[0])])
+    assert not read & set(served.loc[served["user_id"] == users[0], "isbn"])
+
+
+def test_pyfunc_similar_mode_cold_start_and_bad_input(project):
+    model = load_production(project)
+    similar = model.predict(pd.DataFrame({"isbn": ["1000000011"], "k": [5]}), params={"mode": "similar"})
+    assert list(similar.columns) == ["isbn", "rank", "similar_isbn", "score"] and len(similar) == 5
+    assert "1000000011" not in set(similar["similar_isbn"])
+    stranger = model.predict(pd.DataFrame({"user_id": ["no-such-user"], "k": [3], "age": [30.0],
+                                           "location": ["madrid, madrid, spain"]}))
+    assert len(stranger) == 3  # cold start, not an error
+    with pytest.raises(Exception, match="user_id"):
+        model.predict(pd.DataFrame({"who": ["1000"]}))
+    with pytest.raises(Exception, match="k must be between"):
+        model.predict(pd.DataFrame({"user_id": ["1000"], "k": [0]}))
+    with pytest.raises(Exception, match="unknown ISBN"):
+        model.predict(pd.DataFrame({"isbn": ["nope"], "k": [3]}), params={"mode": "similar"})
+
+
+def test_registering_the_same_model_again_creates_no_new_version(project, client):
+    before = len(registry.list_versions(client))
+    done = run(["bookrec", "register"], project)
+    assert json.loads(done.stdout)["created"] is False
+    assert len(registry.list_versions(client)) == before
+
+
+def _retrain_as(project: Path, seed: int, epochs: int) -> None:
+    from pipeline.config import load_params
+
+    ws, params = Workspace.load(project)
+    train = params.train.model_copy(update={"seed": seed, "epochs": epochs, "patience": epochs})
+    params = params.model_copy(update={"train": train})
+    stages.train(ws, params, show_progress=False)
+    stages.evaluate(ws, load_params(project))
+
+
+def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client):
+    production_before = str(registry.production_version(client).version)
+    _retrain_as(project, seed=3, epochs=1)  # one epoch at a different seed: much worse
+    outcome = json.loads(run(["bookrec", "register"], project).stdout)
+    assert outcome["gate"] == "refused" and outcome["promoted"] is False
+    assert any(reason.startswith("FAIL: ndcg@10") for reason in outcome["reasons"])
+    assert str(registry.production_version(client).version) == production_before
+    refused = client.get_model_version(registry.MODEL_NAME, outcome["version"])
+    assert refused.tags["gate"] == "refused" and "REFUSED" in refused.description
+
+    _retrain_as(project, seed=4, epochs=12)  # as good as production: passes within the tolerance
+    outcome = json.loads(run(["bookrec", "register"], project).stdout)
+    assert outcome["gate"] == "passed", outcome["reasons"]
+    assert str(registry.production_version(client).version) == outcome["version"]
+    aliases = client.get_registered_model(registry.MODEL_NAME).aliases
+    assert str(aliases["previous"]) == production_before
+
+    done = run(["bookrec", "registry", "rollback", "--reason", "test rollback"], project)
+    assert json.loads(done.stdout)["production"] == production_before
+    assert str(client.get_registered_model(registry.MODEL_NAME).aliases["previous"]) == outcome["version"]
+    listed = run(["bookrec", "registry", "list"], project).stdout
+    assert "production" in listed and "previous" in listed
+    run(["bookrec", "registry", "promote", outcome["version"], "--reason", "back again"], project)
+    assert str(registry.production_version(client).version) == outcome["version"]
+
+
+def test_faults_leave_production_where_it_was(project, client, tmp_path):
+    production = str(registry.production_version(client).version)
+    # an unreachable registry
+    done = run(["bookrec", "register"], project, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, check=False)
+    assert done.returncode == 1 and "error:" in done.stderr and "Traceback" not in done.stderr
+    # a corrupt weights file
+    broken = tmp_path / "broken"
+    shutil.copytree(project / "models" / "ncf", broken)
+    (broken / "weights.safetensors").write_bytes(b"not a safetensors file")
+    from pipeline.bundle import BundleError, load_bundle
+
+    with pytest.raises(BundleError, match="cannot load the weights"):
+        load_bundle(broken)
+    (broken / "items.parquet").unlink()
+    with pytest.raises(BundleError, match="missing items.parquet"):
+        load_bundle(broken)
+    # promoting a version that does not exist
+    done = run(["bookrec", "registry", "promote", "999"], project, check=False)
+    assert done.returncode == 1 and "error:" in done.stderr
+    assert str(registry.production_version(client).version) == production
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_invocations(project):
+    port = _free_port()
+    env = {**mlflow_env(project), "PATH": f"{BIN}:/usr/bin:/bin"}
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{registry.MODEL_NAME}@production",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=project, env={**__import__("os").environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow models serve did not answer /ping within 90 s")
+        body = {"dataframe_split": {"columns": ["user_id", "k"], "data": [["1000", 3], ["1001", 3]]}}
+        answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        predictions = answer.json()["predictions"]
+        assert [p["rank"] for p in predictions] == [1, 2, 3, 1, 2, 3]
+        similar = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=30, json={
+            "dataframe_records": [{"isbn": "1000000011", "k": 2}], "params": {"mode": "similar"}})
+        assert similar.status_code == 200 and len(similar.json()["predictions"]) == 2
+        bad = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": [{"who": 1}]}, timeout=30)
+        assert 400 <= bad.status_code < 500
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
