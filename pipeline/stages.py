@@ -249,9 +249,8 @@ def _production_on_split(client, production, ws: Workspace, params: Params) -> f
     return ndcg_at(RemappedRecommender(served, users, items, data.train), data, k=10, batch_size=256)
 
 
-def register(ws: Workspace, params: Params, promote: bool = True) -> dict:
-    """Log the trained model to MLflow, register it (once per distinct model), run the gate, and promote
-    it to `production` only if every check passed."""
+def register_model(ws: Workspace, params: Params) -> dict:
+    """Log the trained model to MLflow and register it as the `challenger` (once per distinct model)."""
     from pipeline import registry, tracking, versioning
     from pipeline.bundle import fingerprint
 
@@ -263,67 +262,87 @@ def register(ws: Workspace, params: Params, promote: bool = True) -> dict:
             f"{ws.reports / 'metrics.json'} has no NCF metrics; run `bookrec evaluate` first"
         )
     model_fingerprint = fingerprint(ws.model)
-    data_version = versioning.data_version(ws.root)
-    split_version = data_version.get(params.paths.processed, "")
     client = tracking.client(ws.root)
     version = registry.find_version(client, model_fingerprint)
-    created = False
-    if version is None:
-        lineage = {
-            **tracking.git_commit(ws.root),
-            **{f"data:{path}": md5 for path, md5 in data_version.items()},
-            "split_version": split_version,
-            "feature_hash": metadata["feature_hash"],
-            "protocol": metadata["protocol"],
-            "trained_at": metadata["trained_at"],
-            "run_name": metadata["run_name"],
-        }
-        run = tracking.log_training_run(
-            ws.root,
-            run_name=metadata["run_name"],
-            params=params.train.model_dump(mode="json"),
-            tags=lineage | {"model_fingerprint": model_fingerprint},
-            history=history["epochs"],
-            metrics=metrics,
-            model_name="ncf",
-            bundle_dir=ws.model,
-            artifacts=[
-                ws.reports / "plots",
-                ws.reports / "train_curve.csv",
-                ws.reports / "cohorts.json",
-                ws.reports / "metrics.json",
-                ws.model / "feature_spec.json",
-            ],
-            pip_requirements=pip_requirements(),
-        )
-        version, created = registry.register(
-            client,
-            run.model_uri,
-            run.run_id,
-            model_fingerprint,
-            lineage | registry.metric_tags(metrics["ncf"]),
-        )
+    if version is not None:
+        return {"version": str(version.version), "created": False, "run_id": version.run_id}
+    data_version = versioning.data_version(ws.root)
+    lineage = {
+        **tracking.git_commit(ws.root),
+        **{f"data:{path}": md5 for path, md5 in data_version.items()},
+        "split_version": data_version.get(params.paths.processed, ""),
+        "feature_hash": metadata["feature_hash"],
+        "protocol": metadata["protocol"],
+        "trained_at": metadata["trained_at"],
+        "run_name": metadata["run_name"],
+    }
+    run = tracking.log_training_run(
+        ws.root,
+        run_name=metadata["run_name"],
+        params=metadata["train_params"],
+        tags=lineage | {"model_fingerprint": model_fingerprint},
+        history=history["epochs"],
+        metrics=metrics,
+        model_name="ncf",
+        bundle_dir=ws.model,
+        artifacts=[
+            ws.reports / "plots",
+            ws.reports / "train_curve.csv",
+            ws.reports / "cohorts.json",
+            ws.reports / "metrics.json",
+            ws.model / "feature_spec.json",
+        ],
+        pip_requirements=pip_requirements(),
+    )
+    version, created = registry.register(
+        client,
+        run.model_uri,
+        run.run_id,
+        model_fingerprint,
+        lineage
+        | registry.metric_tags(metrics["ncf"])
+        | {"popularity_ndcg_at_10": str(metrics["popularity"]["ndcg@10"])},
+    )
+    return {"version": str(version.version), "created": created, "run_id": run.run_id}
+
+
+def gate_and_promote(ws: Workspace, params: Params, version: str, promote: bool = True) -> dict:
+    """Run the promotion gate for `version`; move `production` to it only if every check passed."""
+    from pipeline import registry, tracking, versioning
+
+    client = tracking.client(ws.root)
+    candidate = client.get_model_version(registry.MODEL_NAME, str(version))
     production = registry.production_version(client)
+    split_version = versioning.data_version(ws.root).get(params.paths.processed, "")
     production_ndcg = None
     if (
         production is not None
-        and str(production.version) != str(version.version)
+        and str(production.version) != str(candidate.version)
         and production.tags.get("split_version") != split_version
     ):
         production_ndcg = _production_on_split(client, production, ws, params)
-    thresholds = registry.GateThresholds(**params.gate.model_dump())
+    popularity = candidate.tags.get("popularity_ndcg_at_10")
     decision = registry.evaluate_gate(
-        version, production, thresholds, metrics.get("popularity", {}).get("ndcg@10"), production_ndcg
+        candidate,
+        production,
+        registry.GateThresholds(**params.gate.model_dump()),
+        float(popularity) if popularity else None,
+        production_ndcg,
     )
     registry.record_decision(client, decision)
     aliases = {"production": None if production is None else str(production.version)}
     if decision.passed and promote:
-        aliases = registry.promote(client, str(version.version), decision.summary())
+        aliases = registry.promote(client, str(candidate.version), decision.summary())
     return {
-        "version": str(version.version),
-        "created": created,
+        "version": str(candidate.version),
         "gate": "passed" if decision.passed else "refused",
         "reasons": decision.reasons,
         "promoted": bool(decision.passed and promote),
         **aliases,
     }
+
+
+def register(ws: Workspace, params: Params, promote: bool = True) -> dict:
+    """`bookrec register`: tracking, registration and the gate for the latest trained model."""
+    registered = register_model(ws, params)
+    return registered | gate_and_promote(ws, params, registered["version"], promote)

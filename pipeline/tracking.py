@@ -54,7 +54,9 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     try:
         httpx.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
     except httpx.HTTPError as err:
-        raise TrackingError(f"cannot reach the MLflow server at {uri} ({type(err).__name__}: {err})") from None
+        raise TrackingError(
+            f"cannot reach the MLflow server at {uri} ({type(err).__name__}: {err})"
+        ) from None
 
 
 def experiment_id(mlflow_client, root: Path, name: str = EXPERIMENT) -> str:

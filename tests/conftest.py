@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,14 @@ from pipeline.config import Params, load_params
 from tests.synthetic import SyntheticBX, write_synthetic_bx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its configuration when first imported: give the test session its own home and
+# metadata database before anything imports it.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="bookrec-test-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
 SHARED_BX = REPO_ROOT.parent / "shared" / "data" / "book-crossing"
 BIN = Path(sys.executable).parent
 # What a copied project needs to run its pipeline; data, models and run stores are never copied.
@@ -106,10 +115,22 @@ def real_workspace(tmp_path_factory, shared_bx):
 
 # Small, fast settings for pipelines on the synthetic dataset (the real ones are in params.yaml).
 SMALL_PARAMS = {
-    "train": {"epochs": 12, "gmf_dim": 16, "mlp_dim": 8, "mlp_layers": [16], "batch_size": 512, "lr": 0.01,
-              "max_seconds": 0, "patience": 12, "threads": 1, "early_stopping_users": 0},
-    "evaluate": {"als": {"factors": 8, "regularization": 1.0, "alpha": 10.0, "iterations": 3, "seed": 42},
-                 "curve_max_k": 20},
+    "train": {
+        "epochs": 12,
+        "gmf_dim": 16,
+        "mlp_dim": 8,
+        "mlp_layers": [16],
+        "batch_size": 512,
+        "lr": 0.01,
+        "max_seconds": 0,
+        "patience": 12,
+        "threads": 1,
+        "early_stopping_users": 0,
+    },
+    "evaluate": {
+        "als": {"factors": 8, "regularization": 1.0, "alpha": 10.0, "iterations": 3, "seed": 42},
+        "curve_max_k": 20,
+    },
     "gate": {"min_personalization": 0.5, "min_coverage": 0.05, "min_novelty": 0.1},
 }
 

@@ -36,17 +36,33 @@ def planted(seed: int = 0, reads: int = 6):
     user_features[:n_users, 1] = torch.arange(n_users) // USERS_PER_GROUP + 1  # country id; 0 = unknown
     item_features = torch.zeros((n_items + 1, 3), dtype=torch.long)
     item_features[:n_items, 0] = torch.arange(n_items) // ITEMS_PER_GROUP + 1  # author id per shelf
-    return TrainingData(train, user_features, item_features,
-                        {"age_bucket": 3, "country": N_GROUPS + 1, "region": 2},
-                        {"author": N_GROUPS + 1, "publisher": 2, "decade": 2})
+    return TrainingData(
+        train,
+        user_features,
+        item_features,
+        {"age_bucket": 3, "country": N_GROUPS + 1, "region": 2},
+        {"author": N_GROUPS + 1, "publisher": 2, "decade": 2},
+    )
 
 
 def small_params(**overrides):
-    base = load_params(REPO_ROOT).train.model_copy(update={
-        "gmf_dim": 16, "mlp_dim": 8, "mlp_layers": (16,), "dropout": 0.0, "lr": 0.02, "batch_size": 256,
-        "epochs": 30, "negatives": 4, "l2": 1e-5, "patience": 30, "max_seconds": 0, "threads": 1,
-        "early_stopping_users": 0,
-    })
+    base = load_params(REPO_ROOT).train.model_copy(
+        update={
+            "gmf_dim": 16,
+            "mlp_dim": 8,
+            "mlp_layers": (16,),
+            "dropout": 0.0,
+            "lr": 0.02,
+            "batch_size": 256,
+            "epochs": 30,
+            "negatives": 4,
+            "l2": 1e-5,
+            "patience": 30,
+            "max_seconds": 0,
+            "threads": 1,
+            "early_stopping_users": 0,
+        }
+    )
     return base.model_copy(update=overrides)
 
 
@@ -74,7 +90,9 @@ def test_serving_path_equals_training_forward(trained):
     recommender = NCFRecommender(model, data.user_features, data.item_features, data.train)
     full = recommender.score_users(users.numpy())  # precomputed item cache, chunked MLP
     rows = data.train[users.numpy()]
-    terms = model.history_terms(history_matrix(rows.indptr, rows.indices, data.n_items, model.config.history_alpha))
+    terms = model.history_terms(
+        history_matrix(rows.indptr, rows.indices, data.n_items, model.config.history_alpha)
+    )
     user = model.user_vectors(users, data.user_features[users], terms)
     items = torch.arange(data.n_items).expand(len(users), -1)
     with torch.no_grad():
@@ -105,14 +123,18 @@ def test_cold_start_from_location_alone_and_with_liked_books(trained):
     terms = model.history_terms(history_matrix(empty.indptr, empty.indices, data.n_items, 0.5))
     recommender = NCFRecommender(model, data.user_features, data.item_features, data.train)
     with torch.no_grad():
-        scores = model.score_all_items(model.user_vectors(unknown, features, terms), recommender.item_cache()).numpy()
+        scores = model.score_all_items(
+            model.user_vectors(unknown, features, terms), recommender.item_cache()
+        ).numpy()
     assert np.argmax(scores[0]) // ITEMS_PER_GROUP == 0
     assert np.argmax(scores[1]) // ITEMS_PER_GROUP == 2
     liked = sp.csr_matrix((np.ones(3), ([0, 0, 0], [37, 38, 39])), shape=(1, data.n_items))  # shelf 3
     terms = model.history_terms(history_matrix(liked.indptr, liked.indices, data.n_items, 0.5))
     with torch.no_grad():
-        folded = model.score_all_items(model.user_vectors(unknown[:1], torch.zeros((1, 3), dtype=torch.long), terms),
-                                       recommender.item_cache()).numpy()[0]
+        folded = model.score_all_items(
+            model.user_vectors(unknown[:1], torch.zeros((1, 3), dtype=torch.long), terms),
+            recommender.item_cache(),
+        ).numpy()[0]
     folded[[37, 38, 39]] = -np.inf
     assert np.argmax(folded) // ITEMS_PER_GROUP == 3
 
@@ -152,12 +174,21 @@ def test_two_one_epoch_runs_with_one_seed_give_identical_weights():
         assert torch.equal(a, b), name
     other = build_model(data, params.model_copy(update={"seed": 7}))
     fit(other, data, params.model_copy(update={"seed": 7}), show_progress=False)
-    assert not torch.equal(first.state_dict()["item_gmf.ids.weight"], other.state_dict()["item_gmf.ids.weight"])
+    assert not torch.equal(
+        first.state_dict()["item_gmf.ids.weight"], other.state_dict()["item_gmf.ids.weight"]
+    )
 
 
 def test_config_round_trip_and_ablation_switches():
-    config = NCFConfig(n_users=3, n_items=4, user_features={"age_bucket": 2}, item_features={"author": 2},
-                       mlp_layers=(8, 4), use_history=False, use_side_features=False)
+    config = NCFConfig(
+        n_users=3,
+        n_items=4,
+        user_features={"age_bucket": 2},
+        item_features={"author": 2},
+        mlp_layers=(8, 4),
+        use_history=False,
+        use_side_features=False,
+    )
     assert NCFConfig.from_json(config.to_json()) == config
     model = NCF(config)
     assert model.history_terms(torch.zeros(1, 4).to_sparse()) is None

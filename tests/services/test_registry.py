@@ -53,7 +53,9 @@ def test_production_version_carries_lineage_and_metrics(project, client):
     assert tags["gate"] == "passed"
     mlflow_run = client.get_run(version.run_id)
     assert mlflow_run.data.params["gmf_dim"] == "16"
-    assert "val_ndcg_at_10" in mlflow_run.data.metrics and "baseline.als.ndcg_at_10" in mlflow_run.data.metrics
+    assert (
+        "val_ndcg_at_10" in mlflow_run.data.metrics and "baseline.als.ndcg_at_10" in mlflow_run.data.metrics
+    )
     assert mlflow_run.info.run_name.startswith(time.strftime("%Y-"))
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
     assert {"plots", "metrics.json", "train_curve.csv"} <= artifacts
@@ -77,7 +79,9 @@ def test_pyfunc_equals_the_in_process_model_and_reproduces_test_metrics(project)
     data = EvaluationData.build(splits, items, len(local.users), "test")
     from pipeline.recommend import NCFRecommender
 
-    engine = NCFRecommender(local.model, local.bundle.user_feature_tensor(), local.bundle.item_feature_tensor(), data.train)
+    engine = NCFRecommender(
+        local.model, local.bundle.user_feature_tensor(), local.bundle.item_feature_tensor(), data.train
+    )
     top, _ = engine.recommend(np.arange(25), k=10, exclude=data.exclude)
     through_registry = model.predict(request, params={"exclude": "train"})
     expected = items.set_index("item_idx").loc[top.ravel(), "isbn"].to_numpy()
@@ -92,8 +96,11 @@ def test_pyfunc_similar_mode_cold_start_and_bad_input(project):
     similar = model.predict(pd.DataFrame({"isbn": ["1000000011"], "k": [5]}), params={"mode": "similar"})
     assert list(similar.columns) == ["isbn", "rank", "similar_isbn", "score"] and len(similar) == 5
     assert "1000000011" not in set(similar["similar_isbn"])
-    stranger = model.predict(pd.DataFrame({"user_id": ["no-such-user"], "k": [3], "age": [30.0],
-                                           "location": ["madrid, madrid, spain"]}))
+    stranger = model.predict(
+        pd.DataFrame(
+            {"user_id": ["no-such-user"], "k": [3], "age": [30.0], "location": ["madrid, madrid, spain"]}
+        )
+    )
     assert len(stranger) == 3  # cold start, not an error
     with pytest.raises(Exception, match="user_id"):
         model.predict(pd.DataFrame({"who": ["1000"]}))
@@ -149,7 +156,9 @@ def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client)
 def test_faults_leave_production_where_it_was(project, client, tmp_path):
     production = str(registry.production_version(client).version)
     # an unreachable registry
-    done = run(["bookrec", "register"], project, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, check=False)
+    done = run(
+        ["bookrec", "register"], project, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, check=False
+    )
     assert done.returncode == 1 and "error:" in done.stderr and "Traceback" not in done.stderr
     # a corrupt weights file
     broken = tmp_path / "broken"
@@ -178,9 +187,23 @@ def test_mlflow_models_serve_answers_invocations(project):
     port = _free_port()
     env = {**mlflow_env(project), "PATH": f"{BIN}:/usr/bin:/bin"}
     server = subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{registry.MODEL_NAME}@production",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=project, env={**__import__("os").environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{registry.MODEL_NAME}@production",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=project,
+        env={**__import__("os").environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 90
@@ -197,10 +220,15 @@ def test_mlflow_models_serve_answers_invocations(project):
         assert answer.status_code == 200, answer.text
         predictions = answer.json()["predictions"]
         assert [p["rank"] for p in predictions] == [1, 2, 3, 1, 2, 3]
-        similar = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=30, json={
-            "dataframe_records": [{"isbn": "1000000011", "k": 2}], "params": {"mode": "similar"}})
+        similar = httpx.post(
+            f"http://127.0.0.1:{port}/invocations",
+            timeout=30,
+            json={"dataframe_records": [{"isbn": "1000000011", "k": 2}], "params": {"mode": "similar"}},
+        )
         assert similar.status_code == 200 and len(similar.json()["predictions"]) == 2
-        bad = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": [{"who": 1}]}, timeout=30)
+        bad = httpx.post(
+            f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": [{"who": 1}]}, timeout=30
+        )
         assert 400 <= bad.status_code < 500
     finally:
         server.terminate()

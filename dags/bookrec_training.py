@@ -1,0 +1,174 @@
+"""bookrec training pipeline: fetch -> ingest -> preprocess -> features -> train -> evaluate -> register -> gate.
+
+Every data and model step is a DVC stage run through DVC's Python API, so dvc.lock and the DVC cache
+decide what reruns: a stage whose inputs did not change is skipped. Registration and the promotion
+gate call `pipeline` directly. Tasks pass references (stage names, model versions), never data.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import (
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    dag,
+    get_current_context,
+    task,
+)
+
+ROOT = Path(os.environ.get("BOOKREC_ROOT") or Path(__file__).resolve().parents[1])
+RAW_DATA = Asset(name="bookrec_raw_data", uri=(ROOT / "data" / "raw").as_uri())
+
+# Run-time knobs shown as a form when triggering from the UI; each overrides params.yaml for that run only.
+TRAIN_KNOBS = {
+    "gmf_dim": ("integer", "Width of the GMF tower", 1, 2048),
+    "mlp_dim": ("integer", "Width of the MLP tower's embeddings", 1, 512),
+    "lr": ("number", "Adam learning rate", 1e-5, 1.0),
+    "epochs": ("integer", "Upper bound on training epochs", 1, 500),
+    "negatives": ("integer", "Sampled negatives per positive", 1, 64),
+    "l2": ("number", "L2 on the embeddings a batch uses", 0.0, 1.0),
+    "dropout": ("number", "Dropout in the MLP tower", 0.0, 0.9),
+    "max_seconds": ("number", "Training time budget in seconds (0 = none)", 0.0, 86400.0),
+}
+GATE_KNOBS = {
+    "ndcg_tolerance": ("number", "Challenger passes with NDCG@10 >= production's minus this", 0.0, 1.0),
+    "min_coverage": ("number", "Floor on catalog coverage@10", 0.0, 1.0),
+    "min_personalization": ("number", "Floor on personalization@10", 0.0, 1.0),
+    "min_novelty": ("number", "Floor on normalised novelty@10", 0.0, 1.0),
+}
+
+
+def _defaults() -> dict:
+    from pipeline.config import load_params
+
+    params = load_params(ROOT)
+    return {"train": params.train.model_dump(), "gate": params.gate.model_dump()}
+
+
+def _form() -> dict[str, Param]:
+    defaults = _defaults()
+    form = {}
+    for section, knobs in (("train", TRAIN_KNOBS), ("gate", GATE_KNOBS)):
+        for key, (kind, text, low, high) in knobs.items():
+            form[f"{section}.{key}"] = Param(
+                defaults[section][key],
+                type=kind,
+                minimum=low,
+                maximum=high,
+                description=f"{text} (params.yaml {section}.{key}: {defaults[section][key]})",
+            )
+    return form
+
+
+def _overrides(section: str) -> dict:
+    """The run's form values that differ from params.yaml, as dotted keys."""
+    run_params = get_current_context()["params"]
+    defaults = _defaults()[section]
+    return {
+        key: value
+        for key, value in run_params.items()
+        if key.startswith(f"{section}.") and value != defaults[key.split(".", 1)[1]]
+    }
+
+
+def _stage(name: str, overrides: dict | None = None) -> dict:
+    from pipeline.versioning import reproduce, restore_params
+
+    restore_params(ROOT)
+    ran = reproduce(ROOT, name, overrides=overrides)
+    return {"stage": name, "ran": ran, "skipped": name not in ran, "overrides": overrides or {}}
+
+
+@dag(
+    dag_id="bookrec_training",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=RAW_DATA
+    ),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+    },
+    params=_form(),
+    tags=["bookrec", "training"],
+    doc_md="""
+# bookrec training
+
+Weekly (Monday 03:00 UTC) **or** as soon as new raw data is registered (asset `bookrec_raw_data`,
+emitted by `bookrec data fetch` and by the live-feedback export).
+
+Each data/model task runs its DVC stage: unchanged inputs mean the stage is skipped, so a re-run
+with the same data retrains nothing and registers no duplicate version. The form's values override
+`params.yaml` for this run only (dvc.lock records what the run used).
+
+`register` logs the run and the model to MLflow and registers it as `challenger`; `gate_and_promote`
+moves `production` only when every check of the gate passes. To re-run from a failed task, clear it
+(with downstream) in the grid view.
+""",
+)
+def bookrec_training():
+    @task(
+        doc_md="Fetch the raw Book-Crossing files if missing, verify their SHA-256, record data/raw in DVC."
+    )
+    def fetch_and_validate() -> dict:
+        from pipeline.config import Workspace
+        from pipeline.rawdata import fetch
+        from pipeline.versioning import track_raw_data
+
+        ws, _ = Workspace.load(ROOT)
+        manifest = fetch(ws.raw, ws.cache, show_progress=False)
+        track_raw_data(ROOT)
+        return {"variant": manifest["variant"], "unchanged": bool(manifest.get("unchanged"))}
+
+    @task(doc_md="DVC stage `ingest`: exact parsing and validation; unusable rows quarantined.")
+    def ingest(_: dict) -> dict:
+        return _stage("ingest")
+
+    @task(doc_md="DVC stage `preprocess`: protocol bx-implicit-v1 (positives, 5-core, per-user split).")
+    def preprocess(_: dict) -> dict:
+        return _stage("preprocess")
+
+    @task(doc_md="DVC stage `features`: side-feature vocabularies and encodings.")
+    def features(_: dict) -> dict:
+        return _stage("features")
+
+    @task(
+        doc_md="DVC stage `train`: NCF with BPR, early stopping on validation; the form's train values apply."
+    )
+    def train(_: dict) -> dict:
+        return _stage("train", _overrides("train"))
+
+    @task(doc_md="DVC stage `evaluate`: NCF and the baselines over the full catalog on the test split.")
+    def evaluate(_: dict) -> dict:
+        return _stage("evaluate")
+
+    @task(doc_md="Log the run and the model to MLflow; register it as `challenger` (idempotent per model).")
+    def register(_: dict) -> dict:
+        from pipeline import stages
+        from pipeline.config import Workspace
+
+        ws, params = Workspace.load(ROOT)
+        return stages.register_model(ws, params)
+
+    @task(doc_md="The promotion gate; `production` moves only if every check passed.")
+    def gate_and_promote(registered: dict) -> dict:
+        from pipeline import stages
+        from pipeline.config import Workspace
+
+        ws, params = Workspace.load(ROOT, _overrides("gate"))
+        return stages.gate_and_promote(ws, params, registered["version"])
+
+    gate_and_promote(register(evaluate(train(features(preprocess(ingest(fetch_and_validate())))))))
+
+
+bookrec_training()

@@ -1,0 +1,188 @@
+"""The training DAG: structure, an end-to-end `dag.test()` in a project copy, and a real
+`airflow standalone` on loopback driven through its REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipeline import registry, tracking
+from tests.conftest import BIN, REPO_ROOT, copy_project, run, use_small_params
+
+ORDER = [
+    "fetch_and_validate",
+    "ingest",
+    "preprocess",
+    "features",
+    "train",
+    "evaluate",
+    "register",
+    "gate_and_promote",
+]
+
+
+@pytest.fixture(scope="module")
+def airflow_db():
+    from airflow.utils import db
+
+    db.initdb()
+
+
+def load_dag(dags_folder: Path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}, bag.import_errors
+    return bag.get_dag("bookrec_training")
+
+
+def test_dag_structure(airflow_db):
+    dag = load_dag(REPO_ROOT / "dags")
+    order, task = [], dag.get_task("fetch_and_validate")
+    while task is not None:
+        order.append(task.task_id)
+        downstream = list(task.downstream_list)
+        assert len(downstream) <= 1
+        task = downstream[0] if downstream else None
+    assert order == ORDER
+    for task in dag.tasks:
+        assert task.retries >= 1, task.task_id
+        assert task.doc_md, task.task_id
+    assert dag.max_active_runs == 1 and dag.doc_md and not dag.catchup
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert dag.timetable.timetable.expression == "0 3 * * 1"
+    assert "bookrec_raw_data" in str(dag.timetable.asset_condition)
+    assert {"train.lr", "train.epochs", "gate.ndcg_tolerance", "gate.min_coverage"} <= set(dag.params)
+
+
+@pytest.mark.slow
+def test_dag_end_to_end_then_rerun_skips_data_stages(airflow_db, tmp_path, synthetic_bx, monkeypatch):
+    root = copy_project(tmp_path / "project")
+    use_small_params(root)
+    run(["bookrec", "data", "fetch", "--source", str(synthetic_bx.folder), "--allow-modified"], root)
+    monkeypatch.setenv("BOOKREC_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+
+    first = load_dag(root / "dags").test()
+    states = {ti.task_id: ti.state for ti in first.get_task_instances()}
+    assert first.state == "success", states
+    client = tracking.client(root)
+    production = registry.production_version(client)
+    assert production is not None
+    versions = len(registry.list_versions(client))
+
+    second = load_dag(root / "dags").test()  # a fresh DAG object: conf must not leak between runs
+    assert second.state == "success"
+    results = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in second.get_task_instances()}
+    for stage in ("ingest", "preprocess", "features", "train", "evaluate"):
+        assert results[stage]["skipped"] is True, (stage, results[stage])
+    assert results["register"]["created"] is False
+    assert len(registry.list_versions(client)) == versions
+    assert str(registry.production_version(client).version) == str(production.version)
+
+    # a run with a form value that differs from params.yaml retrains, and params.yaml is left as it was
+    before = (root / "params.yaml").read_bytes()
+    third = load_dag(root / "dags").test(run_conf={"train.epochs": 3})
+    assert third.state == "success"
+    trained = [ti for ti in third.get_task_instances() if ti.task_id == "train"][0].xcom_pull(
+        task_ids="train"
+    )
+    assert trained["skipped"] is False and trained["overrides"] == {"train.epochs": 3}
+    assert (root / "params.yaml").read_bytes() == before
+    assert "epochs: 3" in (root / "dvc.lock").read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_real_airflow_standalone_runs_the_dag(tmp_path, synthetic_bx):
+    root = copy_project(tmp_path / "project")
+    use_small_params(root)
+    run(["bookrec", "data", "fetch", "--source", str(synthetic_bx.folder), "--allow-modified"], root)
+    home = tmp_path / "airflow-home"
+    home.mkdir()
+    (home / "passwords.json").write_text(json.dumps({"admin": "test-password"}))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "BOOKREC_ROOT": str(root),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = subprocess.Popen(
+        [str(BIN / "airflow"), "standalone"],
+        env=env,
+        cwd=root,
+        start_new_session=True,
+        stdout=open(tmp_path / "standalone.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        token = None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and token is None:
+            try:
+                answer = httpx.post(
+                    f"{base}/auth/token", json={"username": "admin", "password": "test-password"}, timeout=5
+                )
+                if answer.status_code in (200, 201):
+                    token = answer.json()["access_token"]
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert token, (tmp_path / "standalone.log").read_text()[-3000:]
+        api = httpx.Client(
+            base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        while time.monotonic() < deadline:
+            if api.get("/dags", params={"dag_id_pattern": "bookrec_training"}).json().get("total_entries"):
+                break
+            time.sleep(2)
+        assert api.patch("/dags/bookrec_training", json={"is_paused": False}).status_code == 200
+        triggered = api.post(
+            "/dags/bookrec_training/dagRuns", json={"dag_run_id": "test_run", "logical_date": None}
+        )
+        assert triggered.status_code == 200, triggered.text
+        state = None
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            state = api.get("/dags/bookrec_training/dagRuns/test_run").json()["state"]
+            if state in ("success", "failed"):
+                break
+            time.sleep(3)
+        tasks = api.get("/dags/bookrec_training/dagRuns/test_run/taskInstances").json()["task_instances"]
+        assert state == "success", [(t["task_id"], t["state"]) for t in tasks]
+        assert registry.production_version(tracking.client(root)) is not None
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
