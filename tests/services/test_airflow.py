@@ -134,12 +134,13 @@ def test_real_airflow_standalone_runs_the_dag(tmp_path, synthetic_bx):
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
+    log = (tmp_path / "standalone.log").open("w")
     server = subprocess.Popen(
         [str(BIN / "airflow"), "standalone"],
         env=env,
         cwd=root,
         start_new_session=True,
-        stdout=open(tmp_path / "standalone.log", "w"),
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -186,3 +187,4 @@ def test_real_airflow_standalone_runs_the_dag(tmp_path, synthetic_bx):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
+        log.close()
