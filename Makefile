@@ -9,7 +9,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup test lint up data repro lock clean-venv system-test-deps
+.PHONY: setup test lint up pipeline data repro lock clean-venv system-test-deps
 
 setup: $(STAMP)  ## create .venv and install the pinned dependencies (idempotent)
 
@@ -40,8 +40,11 @@ data: setup  ## fetch the raw Book-Crossing files (verified) and record them in 
 repro: data  ## rebuild every stage whose inputs changed
 	$(BIN)/dvc repro
 
-up: repro  ## set up, fetch, run the pipeline
-	@echo "bookrec is set up; see README.md for what runs where."
+up: setup  ## install, train once if there is no production model, start Airflow, MLflow, dashboard, API
+	$(BIN)/bookrec up
+
+pipeline: setup  ## run the whole training DAG once, in the foreground
+	$(BIN)/bookrec pipeline run
 
 clean-venv:
 	rm -rf $(VENV)

@@ -226,5 +226,31 @@ def registry_rollback(reason: Annotated[str, typer.Option(help="Why; recorded on
     typer.echo(json.dumps(registry.rollback(_registry_client(), reason)))
 
 
+pipeline_app = typer.Typer(help="The training pipeline as an Airflow DAG.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("run")
+@reports_errors
+def pipeline_run(
+    conf: Annotated[str, typer.Option(help="Run values as JSON, e.g. '{\"train.lr\": 0.001}'")] = "{}",
+) -> None:
+    """Run the whole training DAG once in the foreground (`airflow dags test`), for headless use."""
+    from pipeline import launcher
+
+    ws, _ = _workspace()
+    raise typer.Exit(code=launcher.pipeline_run(ws.root, json.loads(conf)))
+
+
+@app.command()
+@reports_errors
+def up() -> None:
+    """Start Airflow, the MLflow UI, the dashboard and the API on 127.0.0.1 (training once if no production model)."""
+    from pipeline import launcher
+
+    ws, _ = _workspace()
+    raise typer.Exit(code=launcher.up(ws.root, echo=typer.echo))
+
+
 if __name__ == "__main__":
     app()

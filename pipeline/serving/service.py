@@ -96,6 +96,42 @@ class BookRecommender:
     def books(self, item_indices: np.ndarray) -> pd.DataFrame:
         return self.items.iloc[np.asarray(item_indices, dtype=np.int64)]
 
+    def book(self, isbn: str) -> pd.Series:
+        return self.items.iloc[int(self.item_indices([isbn])[0])]
+
+    @property
+    def popularity(self) -> np.ndarray:
+        """Number of readers known to have read each book."""
+        if not hasattr(self, "_popularity"):
+            self._popularity = np.bincount(
+                self.bundle.interactions["item_idx"], minlength=self.bundle.n_items
+            )
+        return self._popularity
+
+    def search(self, query: str, limit: int = 30) -> pd.DataFrame:
+        """Books whose title or author contains every word of `query` (case-insensitive), most read first."""
+        words = [w for w in str(query).lower().split() if w]
+        if not words:
+            return self.items.iloc[:0]
+        text = (self.items["title"].fillna("") + " " + self.items["author"].fillna("")).str.lower()
+        match = np.ones(len(text), dtype=bool)
+        for word in words:
+            match &= text.str.contains(word, regex=False).to_numpy()
+        found = np.flatnonzero(match)
+        order = found[np.argsort(-self.popularity[found], kind="stable")][:limit]
+        return self.items.iloc[order]
+
+    def example_users(self, n: int = 6, min_reads: int = 15, max_reads: int = 60) -> list[str]:
+        """A few readers with a telling history, for the dashboard's examples (deterministic)."""
+        counts = np.bincount(self.bundle.interactions["user_idx"], minlength=self.bundle.n_users)
+        candidates = np.flatnonzero((counts >= min_reads) & (counts <= max_reads))
+        chosen = (
+            candidates[np.linspace(0, len(candidates) - 1, num=min(n, len(candidates)), dtype=int)]
+            if len(candidates)
+            else []
+        )
+        return [str(self.users.iloc[int(i)]["user_id"]) for i in chosen]
+
     # -- recommendations --------------------------------------------------------------------------
 
     def _validate_k(self, k: int) -> int:
@@ -148,12 +184,14 @@ class BookRecommender:
         exclude: str = "all",
         readers: Mapping[str, Reader] | None = None,
         extra_reads: Mapping[str, Iterable[str]] | None = None,
+        extra_excluded: Mapping[str, Iterable[str]] | None = None,
     ) -> pd.DataFrame:
         """Top-k books per reader, one row per recommendation: user_id, rank, isbn, score.
 
-        Known readers get their model representation; `extra_reads` (ISBNs read since training) are
-        folded into their history and excluded. Unknown readers get the cold-start path from
-        `readers[user_id]` (age, location, liked books), or from nothing at all.
+        Known readers get their model representation; `extra_reads` (books liked since training) are
+        folded into their history, and they and `extra_excluded` (say, books read and disliked) are
+        never recommended. Unknown readers get the cold-start path from `readers[user_id]` (age,
+        location, liked books), or from nothing at all.
         """
         k = self._validate_k(k)
         if exclude not in EXCLUDE_MODES:
@@ -161,12 +199,14 @@ class BookRecommender:
         engine = self.engines[exclude]
         readers = readers or {}
         extra_reads = extra_reads or {}
+        extra_excluded = extra_excluded or {}
         rows, features, histories, excluded = [], [], [], []
         unknown = np.int64(self.bundle.n_users)
         for user_id in user_ids:
             user_id = str(user_id).strip()
             index = self.known_user(user_id)
             extra = self.item_indices(extra_reads.get(user_id, ()), strict=False)
+            also_excluded = self.item_indices(extra_excluded.get(user_id, ()), strict=False)
             if index is not None:
                 history = engine.history.indices[
                     engine.history.indptr[index] : engine.history.indptr[index + 1]
@@ -181,7 +221,7 @@ class BookRecommender:
                 rows.append(unknown)
                 features.append(self._features_for([reader])[0])
             histories.append(np.unique(np.concatenate([history, extra]).astype(np.int64)))
-            excluded.append(np.unique(np.concatenate([seen, extra]).astype(np.int64)))
+            excluded.append(np.unique(np.concatenate([seen, extra, also_excluded]).astype(np.int64)))
         if not rows:
             return pd.DataFrame(columns=["user_id", "rank", "isbn", "score"])
         scores = self.score_readers(np.asarray(rows), torch.stack(features), histories, exclude)

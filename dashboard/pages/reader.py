@@ -1,0 +1,65 @@
+"""For a reader: who they are, what they read, what the production model recommends next."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+from cards import cards_from, grid_html
+from data_access import feedback_store, model_or_stop
+
+info, model = model_or_stop()
+st.header("Recommendations for a reader")
+
+examples = model.example_users()
+left, right = st.columns([2, 1])
+typed = left.text_input("Book-Crossing User-ID", placeholder="for example " + ", ".join(examples[:3]))
+picked = right.selectbox("or an example reader", ["—", *examples])
+user_id = (typed or (picked if picked != "—" else "")).strip()
+k = st.slider("How many recommendations", 5, 30, 10)
+
+if not user_id:
+    st.info("Enter a User-ID or pick an example reader.")
+    st.stop()
+index = model.known_user(user_id)
+if index is None:
+    st.warning(
+        f"No reader with User-ID {user_id!r} is known to this model. "
+        "Try an example reader, or the New reader page for someone new."
+    )
+    st.stop()
+
+person = model.users.iloc[index]
+age = "unknown" if pd.isna(person.get("age")) else int(person.get("age"))
+location = ", ".join(
+    str(x) for x in (person.get("city"), person.get("region"), person.get("country")) if isinstance(x, str)
+)
+st.markdown(f"**Reader {user_id}** · age {age} · {location or 'location unknown'}")
+
+store = feedback_store()
+live = store.read_isbns(user_id)
+liked_live = store.positives(user_id, min_positive_rating=5)
+read = model.read_items(user_id)
+with st.expander(f"Books read ({len(read)} known to the model, {len(live)} since)", expanded=False):
+    shown = model.books(read[:24])
+    st.html(grid_html(cards_from(shown)))
+
+recommendations = model.recommend(
+    [user_id], k, extra_reads={user_id: liked_live}, extra_excluded={user_id: live}
+)
+books = model.books(model.item_indices(recommendations["isbn"]))
+reasons = []
+for isbn, score in zip(recommendations["isbn"], recommendations["score"], strict=True):
+    because = model.because_you_read(user_id, isbn, extra_reads=liked_live)
+    title = model.book(because)["title"] if because else None
+    reasons.append(f"score {score:.3f}" + (f" · because you read “{title}”" if title else ""))
+st.subheader(f"Top {k} for reader {user_id}")
+st.html(grid_html(cards_from(books, reasons)))
+
+with st.form("feedback", clear_on_submit=True):
+    st.markdown("**Tell us what you read** (recommendations update at once, no retraining)")
+    options = {f"{row.title} — {row.author}": row.isbn for row in books.itertuples()}
+    choice = st.selectbox("Book", list(options))
+    rating = st.select_slider("Rating", options=["read, no rating", *range(1, 11)], value="read, no rating")
+    if st.form_submit_button("I read this"):
+        store.add(user_id, options[choice], 0 if rating == "read, no rating" else int(rating))
+        st.rerun()

@@ -1,0 +1,246 @@
+"""`bookrec up` and `bookrec pipeline run`: the one-machine deployment, started by the project itself.
+
+Airflow (standalone, SQLite metadata in `airflow_home/`), the MLflow UI (SQLite store in `mlruns/`),
+the Streamlit dashboard and the REST API, each bound to 127.0.0.1, each in its own process group so
+that Ctrl-C stops every process that was started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+DAG_ID = "bookrec_training"
+
+
+def _port(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass
+class Service:
+    name: str
+    command: list[str]
+    health_url: str
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+
+def airflow_home(root: Path) -> Path:
+    return Path(os.environ.get("AIRFLOW_HOME") or root / "airflow_home")
+
+
+def admin_password(root: Path) -> str:
+    """The Airflow admin password, generated once into airflow_home/passwords.json."""
+    home = airflow_home(root)
+    home.mkdir(parents=True, exist_ok=True)
+    passwords = home / "passwords.json"
+    if not passwords.is_file():
+        passwords.write_text(json.dumps({"admin": secrets.token_urlsafe(12)}))
+        passwords.chmod(0o600)
+    return json.loads(passwords.read_text())["admin"]
+
+
+def airflow_env(root: Path) -> dict[str, str]:
+    home = airflow_home(root)
+    port = _port("BOOKREC_AIRFLOW_PORT", 8080)
+    admin_password(root)
+    return {
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "BOOKREC_ROOT": str(root),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get(
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}"
+        ),
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+    }
+
+
+def _run(command: list[str], env: dict[str, str], cwd: Path) -> int:
+    return subprocess.run(command, env={**os.environ, **env}, cwd=cwd, check=False).returncode
+
+
+def pipeline_run(root: Path, conf: dict | None = None) -> int:
+    """Run the whole training DAG once in the foreground (`airflow dags test`)."""
+    env = airflow_env(root)
+    if _run([str(BIN / "airflow"), "db", "migrate"], env, root) != 0:
+        return 1
+    return _run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf or {})], env, root)
+
+
+def has_production_model(root: Path) -> bool:
+    from pipeline import registry, tracking
+
+    try:
+        return registry.production_version(tracking.client(root)) is not None
+    except Exception:  # a store that does not exist yet holds no model
+        return False
+
+
+def services(root: Path) -> list[Service]:
+    mlflow_port = _port("BOOKREC_MLFLOW_PORT", 5000)
+    dashboard_port = _port("BOOKREC_DASHBOARD_PORT", 8501)
+    api_port = _port("BOOKREC_API_PORT", 8000)
+    airflow_port = _port("BOOKREC_AIRFLOW_PORT", 8080)
+    store = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    common = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "BOOKREC_ROOT": str(root)}
+    return [
+        Service(
+            "mlflow",
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                store,
+                "--default-artifact-root",
+                (root / "mlruns" / "artifacts").as_uri(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+            ],
+            f"http://127.0.0.1:{mlflow_port}/health",
+            f"http://127.0.0.1:{mlflow_port}",
+            {**common, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        ),
+        Service(
+            "airflow",
+            [str(BIN / "airflow"), "standalone"],
+            f"http://127.0.0.1:{airflow_port}/api/v2/monitor/health",
+            f"http://127.0.0.1:{airflow_port}",
+            airflow_env(root),
+        ),
+        Service(
+            "dashboard",
+            [
+                str(BIN / "streamlit"),
+                "run",
+                str(root / "dashboard" / "app.py"),
+                "--server.headless",
+                "true",
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(dashboard_port),
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            f"http://127.0.0.1:{dashboard_port}/_stcore/health",
+            f"http://127.0.0.1:{dashboard_port}",
+            common,
+        ),
+        Service(
+            "api",
+            [str(BIN / "bookrec"), "serve", "--host", "127.0.0.1", "--port", str(api_port)],
+            f"http://127.0.0.1:{api_port}/health",
+            f"http://127.0.0.1:{api_port}/docs",
+            common,
+        ),
+    ]
+
+
+def _start(service: Service, root: Path, logs: Path) -> None:
+    log = (logs / f"{service.name}.log").open("ab")
+    service.process = subprocess.Popen(
+        service.command,
+        cwd=root,
+        env={**os.environ, **service.env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: one signal reaches all its children
+    )
+
+
+def _wait_healthy(service: Service, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process is not None and service.process.poll() is not None:
+            return False
+        try:
+            if httpx.get(service.health_url, timeout=2).status_code < 500:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    return False
+
+
+def stop(started: list[Service], grace: float = 30.0) -> None:
+    for service in started:
+        if service.process and service.process.poll() is None:
+            os.killpg(service.process.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for service in started:
+        if service.process is None:
+            continue
+        try:
+            service.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait(timeout=10)
+
+
+def up(root: Path, echo=print) -> int:
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    if not has_production_model(root):
+        echo("No production model yet: running the training DAG once (airflow dags test) ...")
+        if pipeline_run(root) != 0:
+            echo("The training DAG failed; see the output above. Nothing was started.")
+            return 1
+    started: list[Service] = []
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for service in services(root):
+            _start(service, root, logs)
+            started.append(service)
+        for service in started:
+            if not _wait_healthy(service, 180):
+                echo(f"{service.name} did not become healthy; see {logs / (service.name + '.log')}")
+                return 1
+        echo("\nbookrec is up (Ctrl-C stops everything):")
+        for service in started:
+            echo(f"  {service.name:<10} {service.url}")
+        echo(f"  Airflow login: admin / {admin_password(root)}  (airflow_home/passwords.json)")
+        echo(f"  logs in {logs}/")
+        while not stopping:
+            for service in started:
+                if service.process.poll() is not None:
+                    echo(
+                        f"{service.name} exited with status {service.process.returncode}; "
+                        f"see {logs / (service.name + '.log')}. Stopping the others."
+                    )
+                    return 1
+            time.sleep(1)
+        return 0
+    finally:
+        echo("stopping ...")
+        stop(started)

@@ -1,0 +1,100 @@
+"""Live feedback: interactions posted by readers after training, stored durably and read back at once.
+
+SQLite under `data/feedback/feedback.db` on one machine; any SQLAlchemy URL (the compose deployment's
+Postgres) through `BOOKREC_FEEDBACK_URL`. The serving core folds a reader's stored interactions into
+their representation on the next request; `bookrec feedback export` turns them into a raw-data
+source (`data/raw/feedback/interactions.csv`) that DVC tracks and the next training run ingests.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+interactions = sa.Table(
+    "interactions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.String(32), nullable=False, index=True),
+    sa.Column("isbn", sa.String(32), nullable=False),
+    sa.Column("rating", sa.SmallInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+EXPORT_COLUMNS = ["User-ID", "ISBN", "Book-Rating"]
+
+
+def feedback_url(root: Path) -> str:
+    return os.environ.get("BOOKREC_FEEDBACK_URL") or f"sqlite:///{root / 'data' / 'feedback' / 'feedback.db'}"
+
+
+@dataclass(frozen=True)
+class Interaction:
+    user_id: str
+    isbn: str
+    rating: int
+    created_at: datetime
+
+
+class FeedbackStore:
+    def __init__(self, url: str):
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        metadata.create_all(self.engine)
+
+    @classmethod
+    def for_root(cls, root: Path) -> FeedbackStore:
+        return cls(feedback_url(root))
+
+    def add(self, user_id: str, isbn: str, rating: int) -> Interaction:
+        """Store one interaction (0 = read without rating, 1..10 explicit) and return it once committed."""
+        if not 0 <= int(rating) <= 10:
+            raise ValueError(f"rating must be between 0 and 10, not {rating}")
+        row = Interaction(str(user_id).strip(), str(isbn).strip().upper(), int(rating), datetime.now(UTC))
+        with self.engine.begin() as connection:
+            connection.execute(interactions.insert().values(**row.__dict__))
+        return row
+
+    def for_user(self, user_id: str) -> list[Interaction]:
+        query = (
+            sa.select(interactions)
+            .where(interactions.c.user_id == str(user_id).strip())
+            .order_by(interactions.c.id)
+        )
+        with self.engine.connect() as connection:
+            return [Interaction(r.user_id, r.isbn, r.rating, r.created_at) for r in connection.execute(query)]
+
+    def read_isbns(self, user_id: str) -> list[str]:
+        """Every book the reader told us about: never recommended to them again."""
+        return sorted({i.isbn for i in self.for_user(user_id)})
+
+    def positives(self, user_id: str, min_positive_rating: int) -> list[str]:
+        """Books that count as liked (implicit reads and ratings >= the protocol's threshold)."""
+        latest: dict[str, int] = {}
+        for item in self.for_user(user_id):
+            latest[item.isbn] = item.rating
+        return sorted(isbn for isbn, r in latest.items() if r == 0 or r >= min_positive_rating)
+
+    def count(self) -> int:
+        with self.engine.connect() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(interactions)).scalar_one())
+
+    def export(self) -> pd.DataFrame:
+        """Every stored interaction in the raw ratings layout (the latest rating per reader and book)."""
+        query = sa.select(interactions).order_by(interactions.c.id)
+        with self.engine.connect() as connection:
+            frame = pd.DataFrame(
+                connection.execute(query).mappings().all(),
+                columns=["id", "user_id", "isbn", "rating", "created_at"],
+            )
+        frame = frame.drop_duplicates(["user_id", "isbn"], keep="last")
+        return frame.rename(columns={"user_id": "User-ID", "isbn": "ISBN", "rating": "Book-Rating"})[
+            EXPORT_COLUMNS
+        ]

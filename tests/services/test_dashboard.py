@@ -1,0 +1,220 @@
+"""The Streamlit dashboard against a real SQLite registry holding a small trained model: every page
+with AppTest, the faults, and the app served on loopback and driven in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import BIN, REPO_ROOT
+
+pytestmark = pytest.mark.slow
+APP = REPO_ROOT / "dashboard" / "app.py"
+
+
+@pytest.fixture
+def app(trained_project, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("BOOKREC_ROOT", str(trained_project))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(REPO_ROOT / "dashboard")
+    test = AppTest.from_file(str(APP), default_timeout=90)
+    test.run()
+    assert not test.exception, test.exception
+    return test
+
+
+def html_bodies(test) -> str:
+    return "\n".join(element.proto.body for element in test.get("html"))
+
+
+def test_sidebar_shows_the_production_model(app):
+    sidebar = " ".join(m.value for m in app.sidebar.markdown) + " ".join(c.value for c in app.sidebar.caption)
+    assert "v1" in sidebar and "Trained" in sidebar and "Data:" in sidebar
+    assert "NDCG@10 **0." in sidebar and "Coverage@10 **0." in sidebar
+
+
+def test_reader_page_recommends_unread_books_with_reasons(app, trained_project):
+    example = app.selectbox[0].options[1]
+    app.selectbox[0].select(example).run()
+    assert not app.exception, app.exception
+    assert any(f"Reader {example}" in m.value for m in app.markdown)
+    body = html_bodies(app)
+    assert "bookrec-card" in body and "because you read" in body
+    assert "data:image/svg+xml;base64," in body  # placeholder beneath every cover
+    from pipeline.serving.service import BookRecommender
+
+    model = BookRecommender.from_folder(trained_project / "models" / "ncf")
+    read = set(model.items["isbn"].iloc[model.read_items(example)])
+    recommended = set(model.recommend([example], 10)["isbn"])
+    shown = {isbn for isbn in model.items["isbn"] if f'data-isbn="{isbn}"' in body.split("Top 10")[-1]}
+    assert recommended <= shown and not (read & recommended)
+
+
+def test_reader_page_unknown_user_and_live_feedback(app, trained_project):
+    app.text_input[0].input("no-such-reader").run()
+    assert not app.exception
+    assert any("No reader with User-ID 'no-such-reader'" in w.value for w in app.warning)
+    example = app.selectbox[0].options[2]
+    app.text_input[0].input("").run()
+    app.selectbox[0].select(example).run()
+    first_choice = app.selectbox[1].options[0]
+    before = html_bodies(app)
+    app.button[0].click().run()  # "I read this" on the top recommendation
+    assert not app.exception, app.exception
+    from pipeline.livefeed import FeedbackStore
+
+    stored = FeedbackStore.for_root(trained_project).read_isbns(example)
+    assert len(stored) == 1
+    after = html_bodies(app)
+    assert f'data-isbn="{stored[0]}"' in before.split("Top 10")[-1]
+    assert f'data-isbn="{stored[0]}"' not in after.split("Top 10")[-1]  # reflected at once
+    assert first_choice
+
+
+def test_similar_books_page(app):
+    app.switch_page("pages/similar.py").run()
+    assert any("Type a few words" in i.value for i in app.info)
+    app.text_input[0].input("zzzz no such title").run()
+    assert any("No book in the catalog matches" in w.value for w in app.warning)
+    app.text_input[0].input("Tale 1").run()
+    assert not app.exception, app.exception
+    assert app.selectbox[0].label.endswith("matching books")
+    assert html_bodies(app).count('class="bookrec-card"') == 11  # the book itself and ten neighbours
+
+
+def test_new_reader_page_recommends_at_once(app):
+    app.switch_page("pages/new_reader.py").run()
+    assert not app.exception, app.exception
+    before = html_bodies(app)
+    app.text_input[0].input("madrid, madrid, spain").run()
+    app.number_input[0].set_value(60).run()
+    assert not app.exception
+    assert html_bodies(app) != before and html_bodies(app).count('class="bookrec-card"') == 10
+
+
+def test_models_page_lists_versions(app):
+    app.switch_page("pages/models.py").run()
+    assert not app.exception, app.exception
+    table = app.dataframe[0].value
+    assert "production" in " ".join(table["aliases"]) and {"ndcg@10", "coverage@10", "gate"} <= set(
+        table.columns
+    )
+
+
+def test_no_production_model_and_unreachable_registry(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    empty = tmp_path / "empty"
+    (empty / "mlruns").mkdir(parents=True)
+    monkeypatch.setenv("BOOKREC_ROOT", str(empty))
+    monkeypatch.chdir(REPO_ROOT / "dashboard")
+    test = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not test.exception
+    assert any("no production model yet" in i.value for i in test.info), [i.value for i in test.info] + [
+        e.value for e in test.error
+    ]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    test = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not test.exception
+    assert any("cannot be reached" in e.value for e in test.error)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.browser
+def test_browser_renders_recommendations_and_similar_books(trained_project, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it when run as root)")
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "BOOKREC_ROOT": str(trained_project),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = subprocess.Popen(
+        [
+            str(BIN / "streamlit"),
+            "run",
+            str(APP),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        env=env,
+        cwd=REPO_ROOT / "dashboard",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    shots = REPO_ROOT / "reports" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).text == "ok":
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            # Playwright gives the browser a fresh temporary profile of its own.
+            browser = p.chromium.launch(
+                executable_path=chromium,
+                headless=True,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    "--disable-quic",
+                ],
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            page.get_by_text("Recommendations for a reader").wait_for(timeout=60_000)
+            page.get_by_label("Book-Crossing User-ID").fill("1000")
+            page.get_by_label("Book-Crossing User-ID").press("Enter")
+            page.get_by_text("Top 10 for reader 1000").wait_for(timeout=60_000)
+            cards = page.locator(".bookrec-grid").last.locator(".bookrec-card")
+            cards.first.wait_for(timeout=30_000)
+            assert cards.count() == 10
+            titles = cards.locator(".bookrec-title").all_inner_texts()
+            assert all(title.startswith("Tale") or title for title in titles)
+            style = cards.first.locator(".bookrec-cover").get_attribute("style")
+            assert "data:image/svg+xml;base64," in style  # the placeholder layer under the dead cover host
+            page.screenshot(path=str(shots / "reader.png"), full_page=True)
+
+            page.goto(f"http://127.0.0.1:{port}/similar", wait_until="domcontentloaded")
+            page.get_by_label("Search by title or author").fill("Tale 1")
+            page.get_by_label("Search by title or author").press("Enter")
+            page.get_by_text("Nearest books").wait_for(timeout=60_000)
+            page.locator(".bookrec-grid").last.locator(".bookrec-card").first.wait_for(timeout=30_000)
+            assert page.locator(".bookrec-grid").last.locator(".bookrec-card").count() == 10
+            page.screenshot(path=str(shots / "similar.png"), full_page=True)
+            browser.close()
+        assert (shots / "reader.png").stat().st_size > 10_000
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
