@@ -122,11 +122,13 @@ def bookrec_training():
     )
     def fetch_and_validate() -> dict:
         from pipeline.config import Workspace
+        from pipeline.livefeed import ensure_export
         from pipeline.rawdata import fetch
         from pipeline.versioning import track_raw_data
 
         ws, _ = Workspace.load(ROOT)
         manifest = fetch(ws.raw, ws.cache, show_progress=False)
+        ensure_export(ws.feedback)
         track_raw_data(ROOT)
         return {"variant": manifest["variant"], "unchanged": bool(manifest.get("unchanged"))}
 

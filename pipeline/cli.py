@@ -83,10 +83,12 @@ def data_fetch(
     ] = False,
 ) -> None:
     """Fetch the raw Book-Crossing files, verify their SHA-256 sums, publish them to data/raw."""
+    from pipeline.livefeed import ensure_export
     from pipeline.rawdata import fetch
     from pipeline.versioning import track_raw_data
 
     ws, _ = _workspace()
+    ensure_export(ws.feedback)
     manifest = fetch(
         ws.raw,
         ws.cache,
@@ -224,6 +226,41 @@ def registry_rollback(reason: Annotated[str, typer.Option(help="Why; recorded on
     from pipeline import registry
 
     typer.echo(json.dumps(registry.rollback(_registry_client(), reason)))
+
+
+@app.command()
+@reports_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    poll_seconds: Annotated[
+        float, typer.Option(help="How often to check whether `production` moved.")
+    ] = 10.0,
+) -> None:
+    """The real-time REST API over the registry's production model (OpenAPI at /docs)."""
+    import uvicorn
+
+    from pipeline.serving.api import build_app
+
+    ws, _ = _workspace()
+    uvicorn.run(build_app(ws.root, poll_seconds), host=host, port=port, log_level="warning", access_log=False)
+
+
+feedback_app = typer.Typer(help="Live feedback stored by the API and the dashboard.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+@reports_errors
+def feedback_export() -> None:
+    """Write stored interactions to data/raw/feedback (tracked by DVC) so the next training run ingests them."""
+    from pipeline.livefeed import FeedbackStore, export_to_raw
+    from pipeline.versioning import track_raw_data
+
+    ws, _ = _workspace()
+    count = export_to_raw(FeedbackStore.for_root(ws.root), ws.feedback)
+    track_raw_data(ws.root)
+    typer.echo(f"{count} interactions exported to {ws.feedback}; data.dvc updated")
 
 
 pipeline_app = typer.Typer(help="The training pipeline as an Airflow DAG.", no_args_is_help=True)

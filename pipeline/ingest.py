@@ -196,18 +196,25 @@ def normalise_isbn(values: pd.Series) -> pd.Series:
     return values.str.strip().str.upper()
 
 
-def clean_ratings(raw: pd.DataFrame, known_user_ids: pd.Series, file: str = "ratings") -> CleanTable:
+def clean_ratings(
+    raw: pd.DataFrame, known_user_ids: pd.Series, file: str = "ratings", user_id_pattern: str = r"\d+"
+) -> CleanTable:
     user_id = raw["User-ID"].str.strip()
     isbn = normalise_isbn(raw["ISBN"])
     rating_text = raw["Book-Rating"].str.strip()
     rating = pd.to_numeric(rating_text, errors="coerce")
     pair_seen = pd.Series(False, index=raw.index)
-    valid_so_far = user_id.str.fullmatch(r"\d+") & (isbn != "") & rating.between(0, 10) & (rating % 1 == 0)
+    valid_so_far = (
+        user_id.str.fullmatch(user_id_pattern) & (isbn != "") & rating.between(0, 10) & (rating % 1 == 0)
+    )
     pair_seen[valid_so_far] = pd.DataFrame({"u": user_id, "i": isbn})[valid_so_far].duplicated(keep="first")
     keep, rejected, report = _quarantine(
         raw,
         [
-            ("user_id_not_a_number", ~user_id.str.fullmatch(r"\d+")),
+            (
+                "user_id_not_a_number" if user_id_pattern == r"\d+" else "user_id_invalid",
+                ~user_id.str.fullmatch(user_id_pattern),
+            ),
             ("isbn_empty", isbn == ""),
             ("rating_not_an_integer_0_to_10", ~(rating.between(0, 10) & (rating % 1 == 0))),
             ("user_not_in_users_file", ~user_id.isin(known_user_ids)),
@@ -429,9 +436,54 @@ class IngestResult:
     ratings: CleanTable
     users: CleanTable
     books: CleanTable
+    feedback: CleanTable | None = None
+
+    def tables(self) -> dict[str, CleanTable]:
+        found = {"ratings": self.ratings, "users": self.users, "books": self.books}
+        return found | ({"feedback": self.feedback} if self.feedback is not None else {})
 
     def report(self) -> dict:
-        return {role: getattr(self, role).report.as_dict() for role in ("ratings", "users", "books")}
+        return {role: table.report.as_dict() for role, table in self.tables().items()}
+
+
+# Readers of the live service may have ids that Book-Crossing never issued.
+FEEDBACK_USER_ID = r"[\w.-]+"
+
+
+def merge_feedback(
+    ratings: CleanTable, users: CleanTable, feedback_raw: pd.DataFrame, file: str
+) -> CleanTable:
+    """Add the live-feedback interactions to `ratings` (and their new readers to `users`), in place.
+
+    A pair Book-Crossing already has stays as Book-Crossing recorded it; the feedback row is rejected
+    with its reason. New readers are added with unknown age and location.
+    """
+    ids = feedback_raw["User-ID"].str.strip()
+    known = set(users.clean["user_id"])
+    new_ids = sorted({i for i in ids.dropna() if i not in known and re.fullmatch(FEEDBACK_USER_ID, i)})
+    feedback = clean_ratings(feedback_raw, pd.Series([*known, *new_ids]), file, FEEDBACK_USER_ID)
+    in_book_crossing = pd.MultiIndex.from_frame(ratings.clean[["user_id", "isbn"]])
+    already = pd.MultiIndex.from_frame(feedback.clean[["user_id", "isbn"]]).isin(in_book_crossing)
+    if already.any():
+        moved = feedback.clean[already]
+        keys = feedback_raw["User-ID"].str.strip() + "\x00" + normalise_isbn(feedback_raw["ISBN"])
+        extra = feedback_raw[keys.isin(moved["user_id"] + "\x00" + moved["isbn"])].copy()
+        extra.insert(0, "reason", "already_in_book_crossing")
+        feedback.rejected = pd.concat(
+            [feedback.rejected, extra[feedback.rejected.columns]], ignore_index=True
+        )
+        feedback.report.rejected_by_reason["already_in_book_crossing"] = int(already.sum())
+        feedback.clean = feedback.clean[~already].reset_index(drop=True)
+        feedback.report.rows_written = len(feedback.clean)
+    added_ids = sorted(set(feedback.clean["user_id"]) - known)
+    if added_ids:
+        added = pd.DataFrame({"user_id": added_ids}).reindex(columns=users.clean.columns)
+        added = added.astype(users.clean.dtypes.to_dict())
+        users.clean = INTERIM_USERS.validate(pd.concat([users.clean, added], ignore_index=True))
+        users.report.notes["readers_added_from_feedback"] = len(added_ids)
+    ratings.clean = INTERIM_RATINGS.validate(pd.concat([ratings.clean, feedback.clean], ignore_index=True))
+    ratings.report.notes["rows_added_from_feedback"] = len(feedback.clean)
+    return feedback
 
 
 def ingest_tables(
@@ -440,4 +492,7 @@ def ingest_tables(
     users = clean_users(raw["users"], params, files["users"])
     books = clean_books(raw["books"], params, files["books"])
     ratings = clean_ratings(raw["ratings"], users.clean["user_id"], files["ratings"])
-    return IngestResult(ratings=ratings, users=users, books=books)
+    feedback = None
+    if raw.get("feedback") is not None:
+        feedback = merge_feedback(ratings, users, raw["feedback"], files["feedback"])
+    return IngestResult(ratings=ratings, users=users, books=books, feedback=feedback)

@@ -98,3 +98,34 @@ class FeedbackStore:
         return frame.rename(columns={"user_id": "User-ID", "isbn": "ISBN", "rating": "Book-Rating"})[
             EXPORT_COLUMNS
         ]
+
+
+FEEDBACK_FILE = "interactions.csv"
+
+
+def write_export(frame: pd.DataFrame, folder: Path) -> Path:
+    """The interactions in the raw ratings format (`;`, every field quoted, UTF-8), written atomically."""
+    from pipeline.io import atomic_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / FEEDBACK_FILE
+    lines = ['"User-ID";"ISBN";"Book-Rating"']
+    for user_id, isbn, rating in frame[EXPORT_COLUMNS].itertuples(index=False, name=None):
+        lines.append(f'"{user_id}";"{isbn}";"{int(rating)}"')
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+    return target
+
+
+def export_to_raw(store: FeedbackStore, folder: Path) -> int:
+    frame = store.export()
+    write_export(frame, folder)
+    return len(frame)
+
+
+def ensure_export(folder: Path) -> Path:
+    """An (empty) export where none exists yet, so that data/raw always has the same layout for DVC."""
+    target = folder / FEEDBACK_FILE
+    if not target.is_file():
+        write_export(pd.DataFrame(columns=EXPORT_COLUMNS), folder)
+    return target

@@ -49,7 +49,11 @@ def build_interactions(
     core = k_core(positives, params.user_core, params.item_core)
     counts["interactions_after_k_core"] = len(core)
 
-    user_ids = np.sort(core["user_id"].unique().astype(np.int64)).astype(str)
+    # Book-Crossing's numeric ids in numeric order, then any ids the live service issued.
+    user_ids = np.asarray(
+        sorted(core["user_id"].unique(), key=lambda u: (0, int(u), "") if u.isdigit() else (1, 0, u)),
+        dtype=object,
+    ).astype(str)
     isbns = np.sort(core["isbn"].unique())
     user_index = pd.Series(np.arange(len(user_ids), dtype=np.int32), index=user_ids)
     item_index = pd.Series(np.arange(len(isbns), dtype=np.int32), index=isbns)

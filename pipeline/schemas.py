@@ -31,7 +31,7 @@ _nullable_text = {"nullable": True}
 
 INTERIM_RATINGS = pa.DataFrameSchema(
     {
-        "user_id": pa.Column(str, pa.Check.str_matches(r"^\d+$")),
+        "user_id": pa.Column(str, pa.Check.str_matches(r"^[\w.-]+$")),
         "isbn": pa.Column(str, pa.Check.str_length(min_value=1)),
         "rating": pa.Column("int8", pa.Check.in_range(0, 10)),
     },
@@ -42,7 +42,7 @@ INTERIM_RATINGS = pa.DataFrameSchema(
 
 INTERIM_USERS = pa.DataFrameSchema(
     {
-        "user_id": pa.Column(str, pa.Check.str_matches(r"^\d+$"), unique=True),
+        "user_id": pa.Column(str, pa.Check.str_matches(r"^[\w.-]+$"), unique=True),
         "age": pa.Column("Int16", nullable=True),
         "city": pa.Column(str, **_nullable_text),
         "region": pa.Column(str, **_nullable_text),

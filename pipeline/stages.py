@@ -14,6 +14,7 @@ from pipeline import io
 from pipeline.config import Params, Workspace
 from pipeline.features import build_features
 from pipeline.ingest import ingest_tables, read_raw_csv
+from pipeline.livefeed import FEEDBACK_FILE
 from pipeline.preprocess import build_interactions
 from pipeline.rawdata import locate_raw, verify_raw
 from pipeline.schemas import (
@@ -31,15 +32,19 @@ def ingest(ws: Workspace, params: Params) -> dict:
     verify_raw(ws.raw)
     files = locate_raw(ws.raw)
     raw = {role: read_raw_csv(path, role) for role, path in files.items()}
+    feedback_file = ws.feedback / FEEDBACK_FILE
+    if feedback_file.is_file():
+        files["feedback"] = feedback_file
+        raw["feedback"] = read_raw_csv(feedback_file, "ratings")
     result = ingest_tables(raw, {role: path.name for role, path in files.items()}, params.ingest)
     report = result.report()
     for role, table in report.items():
         if table["rows_read"] != table["rows_written"] + table["rows_rejected"]:
             raise AssertionError(f"ingest lost rows of {role}: {table}")
     with io.atomic_directory(ws.interim) as out:
-        for role in ("ratings", "users", "books"):
-            table = getattr(result, role)
-            io.write_parquet(table.clean, out / f"{role}.parquet")
+        for role, table in result.tables().items():
+            if role != "feedback":  # feedback rows are inside ratings.parquet
+                io.write_parquet(table.clean, out / f"{role}.parquet")
             io.write_parquet(REJECTED.validate(table.rejected), out / "rejected" / f"{role}.parquet")
         io.write_json(report, out / "ingest_report.json")
     return report

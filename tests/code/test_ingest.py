@@ -191,3 +191,48 @@ def test_split_location_keeps_extra_commas_in_region_and_maps_country_aliases():
     assert places.to_dict("records")[0] == {"city": "a", "region": "b, c", "country": "usa"}
     assert places.loc[1, "country"] == "united kingdom" and pd.isna(places.loc[1, "region"])
     assert places["country"].isna().tolist() == [False, False, True, True, True]
+
+
+def test_live_feedback_joins_ratings_and_adds_new_readers(tmp_path):
+    import pandas as pd
+
+    from pipeline.ingest import ingest_tables
+    from pipeline.livefeed import write_export
+
+    users = write(tmp_path / "BX-Users.csv", ['"User-ID";"Location";"Age"', '"1";"a, b, usa";"30"'])
+    books = write(
+        tmp_path / "BX-Books.csv",
+        [
+            BOOKS_HEADER,
+            '"0000000001";"T";"A";"2000";"P";"s";"m";"l"',
+            '"0000000002";"U";"B";"2001";"P";"s";"m";"l"',
+        ],
+    )
+    ratings = write(
+        tmp_path / "BX-Book-Ratings.csv", ['"User-ID";"ISBN";"Book-Rating"', '"1";"0000000001";"0"']
+    )
+    feedback = pd.DataFrame(
+        {
+            "User-ID": ["1", "1", "alice", "bad id!"],
+            "ISBN": ["0000000001", "0000000002", "0000000002", "1"],
+            "Book-Rating": [7, 9, 0, 5],
+        }
+    )
+    exported = read_raw_csv(write_export(feedback, tmp_path / "feedback"), "ratings")
+    raw = {
+        "users": read_raw_csv(users, "users"),
+        "books": read_raw_csv(books, "books"),
+        "ratings": read_raw_csv(ratings, "ratings"),
+        "feedback": exported,
+    }
+    result = ingest_tables(raw, {role: role for role in raw}, PARAMS)
+    assert result.ratings.clean.to_dict("records") == [
+        {"user_id": "1", "isbn": "0000000001", "rating": 0},  # Book-Crossing's own record is kept
+        {"user_id": "1", "isbn": "0000000002", "rating": 9},
+        {"user_id": "alice", "isbn": "0000000002", "rating": 0},
+    ]
+    assert result.users.clean["user_id"].tolist() == ["1", "alice"]
+    assert pd.isna(result.users.clean.loc[1, "age"])
+    assert sorted(result.feedback.rejected["reason"]) == ["already_in_book_crossing", "user_id_invalid"]
+    report = result.report()["feedback"]
+    assert report["rows_read"] == report["rows_written"] + report["rows_rejected"] == 4

@@ -1,0 +1,312 @@
+"""The real-time REST API (FastAPI): recommendations, similar books, new readers and live feedback.
+
+The service loads the registry's `production` model at start and polls the alias; when it moves, the
+new version is loaded beside the old one and swapped in with one reference assignment, so requests
+never wait and never fail during a swap. A posted interaction is committed to the feedback store
+before the response, and the reader's next recommendations fold it in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.livefeed import FeedbackStore
+from pipeline.serving.service import MAX_K, BookRecommender, Reader, UnknownBookError
+
+log = logging.getLogger("bookrec.api")
+MAX_BODY_BYTES = 64 * 1024
+USER_ID = PathParam(min_length=1, max_length=32, pattern=r"^[\w.-]+$", description="Book-Crossing User-ID")
+ISBN = PathParam(min_length=1, max_length=32, pattern=r"^[\w.-]+$", description="ISBN-10 or ISBN-13")
+K = Query(10, ge=1, le=MAX_K, description="How many books")
+
+
+class Book(BaseModel):
+    rank: int
+    isbn: str
+    score: float
+    title: str | None = None
+    author: str | None = None
+    year: int | None = None
+    publisher: str | None = None
+    cover_url: str | None = None
+
+
+class Recommendations(BaseModel):
+    user_id: str | None = None
+    known_reader: bool
+    model_version: str
+    books: list[Book]
+
+
+class SimilarBooks(BaseModel):
+    isbn: str
+    model_version: str
+    books: list[Book]
+
+
+class InteractionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    isbn: str = Field(min_length=1, max_length=32, pattern=r"^[\w.-]+$")
+    rating: int = Field(0, ge=0, le=10, description="0 = read without rating, 1..10 explicit rating")
+
+
+class InteractionOut(BaseModel):
+    user_id: str
+    isbn: str
+    rating: int
+    stored_at: str
+
+
+class NewReader(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    age: float | None = Field(None, ge=0, le=130)
+    location: str | None = Field(None, max_length=200, description="city, region, country")
+    liked_isbns: list[str] = Field(default_factory=list, max_length=50)
+    k: int = Field(10, ge=1, le=MAX_K)
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str | None
+
+
+@dataclass
+class Served:
+    version: str
+    recommender: BookRecommender
+
+
+class ModelHolder:
+    """The model being served; `swap` replaces it atomically."""
+
+    def __init__(self, loader, version_lookup, poll_seconds: float):
+        self._load = loader  # version -> BookRecommender
+        self._lookup = version_lookup  # () -> version string or None
+        self.poll_seconds = poll_seconds
+        self.current: Served | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> bool:
+        """Load the production version if it differs from the one served; True if it swapped."""
+        version = self._lookup()
+        if version is None or (self.current is not None and self.current.version == version):
+            return False
+        loaded = Served(version, self._load(version))
+        self.current = loaded  # one reference assignment: requests see the old or the new model, whole
+        log.info("serving bookrec-ncf version %s", version)
+        return True
+
+    def start(self) -> None:
+        def poll():
+            while not self._stop.wait(self.poll_seconds):
+                try:
+                    self.refresh()
+                except Exception:  # keep serving the current model when the registry is down
+                    log.exception("could not refresh the production model")
+
+        self._thread = threading.Thread(target=poll, name="model-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def registry_holder(root: Path, poll_seconds: float) -> ModelHolder:
+    import mlflow
+
+    from pipeline import registry, tracking
+
+    def lookup() -> str | None:
+        version = registry.production_version(tracking.client(root))
+        return None if version is None else str(version.version)
+
+    def load(version: str) -> BookRecommender:
+        tracking.client(root)
+        return (
+            mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{version}")
+            .unwrap_python_model()
+            .recommender
+        )
+
+    return ModelHolder(load, lookup, poll_seconds)
+
+
+def _books(recommender: BookRecommender, frame, item_column: str) -> list[Book]:
+    if frame.empty:
+        return []
+    details = recommender.books(recommender.item_indices(frame[item_column]))
+
+    def text(value) -> str | None:
+        return value if isinstance(value, str) else None
+
+    books = []
+    for (rank, isbn, score), (_, row) in zip(
+        frame[["rank", item_column, "score"]].itertuples(index=False, name=None),
+        details.iterrows(),
+        strict=True,
+    ):
+        year = row.get("year")
+        books.append(
+            Book(
+                rank=int(rank),
+                isbn=str(isbn),
+                score=float(score),
+                title=text(row.get("title")),
+                author=text(row.get("author")),
+                year=None if pd.isna(year) else int(year),
+                publisher=text(row.get("publisher")),
+                cover_url=text(row.get("image_url_m")),
+            )
+        )
+    return books
+
+
+def create_app(
+    holder: ModelHolder, feedback: FeedbackStore, min_positive_rating: int = 5, start_polling: bool = True
+) -> FastAPI:
+    metrics_registry = CollectorRegistry()
+    requests = Counter("bookrec_requests", "HTTP requests", ["endpoint", "status"], registry=metrics_registry)
+    latency = Histogram(
+        "bookrec_request_seconds",
+        "Request latency",
+        ["endpoint"],
+        registry=metrics_registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        import torch
+
+        torch.set_num_threads(1)  # one request, one core: concurrent requests use the others
+        try:
+            holder.refresh()
+        except Exception:
+            log.exception("no model could be loaded at start; /health will say so")
+        if start_polling:
+            holder.start()
+        yield
+        holder.stop()
+
+    app = FastAPI(
+        title="bookrec API",
+        version="1.0",
+        lifespan=lifespan,
+        description="Real-time book recommendations from the registry's production model.",
+    )
+
+    @app.middleware("http")
+    async def guard_and_measure(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse(
+                {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
+            )
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        latency.labels(endpoint).observe(time.perf_counter() - started)
+        requests.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    def served() -> Served:
+        current = holder.current
+        if current is None:
+            raise HTTPException(503, "no production model is available yet; train and register one")
+        return current
+
+    @app.get("/health", response_model=Health)
+    def health(response: Response) -> Health:
+        current = holder.current
+        if current is None:
+            response.status_code = 503
+        return Health(
+            status="ok" if current else "no model", model_version=current.version if current else None
+        )
+
+    @app.get("/metrics", response_class=Response)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/recommendations/{user_id}", response_model=Recommendations)
+    def recommend(user_id: str = USER_ID, k: int = K) -> Recommendations:
+        """Top-k books for a reader; a reader the model has never seen gets the cold-start answer."""
+        model = served()
+        reads = feedback.read_isbns(user_id)
+        liked = feedback.positives(user_id, min_positive_rating)
+        frame = model.recommender.recommend(
+            [user_id], k, extra_reads={user_id: liked}, extra_excluded={user_id: reads}
+        )
+        return Recommendations(
+            user_id=user_id,
+            known_reader=model.recommender.known_user(user_id) is not None,
+            model_version=model.version,
+            books=_books(model.recommender, frame, "isbn"),
+        )
+
+    @app.post("/recommendations", response_model=Recommendations)
+    def recommend_new_reader(reader: NewReader) -> Recommendations:
+        """Top-k books for someone new, from age, location and a few liked books (no retraining)."""
+        model = served()
+        frame = model.recommender.recommend_new_reader(
+            Reader(age=reader.age, location=reader.location, liked_isbns=tuple(reader.liked_isbns)), reader.k
+        )
+        return Recommendations(
+            known_reader=False, model_version=model.version, books=_books(model.recommender, frame, "isbn")
+        )
+
+    @app.get("/books/{isbn}/similar", response_model=SimilarBooks)
+    def similar(isbn: str = ISBN, k: int = K) -> SimilarBooks:
+        model = served()
+        try:
+            frame = model.recommender.similar_books([isbn], k)
+        except UnknownBookError as err:
+            raise HTTPException(404, str(err)) from None
+        return SimilarBooks(
+            isbn=isbn.upper(),
+            model_version=model.version,
+            books=_books(model.recommender, frame, "similar_isbn"),
+        )
+
+    @app.post("/users/{user_id}/interactions", response_model=InteractionOut, status_code=201)
+    def add_interaction(interaction: InteractionIn, user_id: str = USER_ID) -> InteractionOut:
+        """Store that a reader read (rating 0) or rated (1..10) a book; it counts at the next request."""
+        model = served()
+        try:
+            model.recommender.item_indices([interaction.isbn])
+        except UnknownBookError as err:
+            raise HTTPException(404, str(err)) from None
+        stored = feedback.add(user_id, interaction.isbn, interaction.rating)
+        return InteractionOut(
+            user_id=stored.user_id,
+            isbn=stored.isbn,
+            rating=stored.rating,
+            stored_at=stored.created_at.isoformat(),
+        )
+
+    return app
+
+
+def build_app(root: Path, poll_seconds: float = 10.0) -> FastAPI:
+    from pipeline.config import load_params
+
+    params = load_params(root)
+    return create_app(
+        registry_holder(root, poll_seconds),
+        FeedbackStore.for_root(root),
+        params.preprocess.min_explicit_rating,
+    )

@@ -1,0 +1,200 @@
+"""The REST API served for real on loopback against a project with a registered model: endpoints,
+live feedback round trip across a restart, bad input, the alias swap under load, and schemathesis."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import BIN, build_synthetic_project, run
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    def __init__(self, root: Path):
+        self.root, self.port, self.process = root, _free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Service:
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        self.process = subprocess.Popen(
+            [str(BIN / "bookrec"), "serve", "--port", str(self.port), "--poll-seconds", "1"],
+            cwd=self.root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("bookrec serve did not become healthy within 90 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, synthetic_bx):
+    return build_synthetic_project(tmp_path_factory.mktemp("api") / "project", synthetic_bx)
+
+
+@pytest.fixture(scope="module")
+def service(project):
+    running = Service(project).start()
+    yield running
+    running.stop()
+
+
+def test_health_docs_and_metrics(service):
+    assert httpx.get(f"{service.url}/health").json() == {"status": "ok", "model_version": "1"}
+    schema = httpx.get(f"{service.url}/openapi.json").json()
+    assert {
+        "/recommendations/{user_id}",
+        "/books/{isbn}/similar",
+        "/users/{user_id}/interactions",
+        "/recommendations",
+        "/health",
+        "/metrics",
+    } <= set(schema["paths"])
+    httpx.get(f"{service.url}/recommendations/1000")
+    metrics = httpx.get(f"{service.url}/metrics").text
+    assert 'bookrec_requests_total{endpoint="/recommendations/{user_id}",status="200"}' in metrics
+    assert "bookrec_request_seconds_bucket" in metrics
+
+
+def test_recommendations_known_and_unknown_readers(service):
+    known = httpx.get(f"{service.url}/recommendations/1000", params={"k": 5}).json()
+    assert known["known_reader"] is True and [b["rank"] for b in known["books"]] == [1, 2, 3, 4, 5]
+    assert all(b["title"] for b in known["books"])
+    stranger = httpx.get(f"{service.url}/recommendations/new-reader-42").json()
+    assert stranger["known_reader"] is False and len(stranger["books"]) == 10
+    new = httpx.post(
+        f"{service.url}/recommendations",
+        json={"age": 22, "location": "berlin, berlin, germany", "liked_isbns": ["1000000011"], "k": 4},
+    ).json()
+    assert len(new["books"]) == 4 and "1000000011" not in {b["isbn"] for b in new["books"]}
+
+
+def test_similar_books_and_unknown_isbn(service):
+    similar = httpx.get(f"{service.url}/books/1000000011/similar", params={"k": 3})
+    assert similar.status_code == 200 and len(similar.json()["books"]) == 3
+    missing = httpx.get(f"{service.url}/books/0000000000/similar")
+    assert missing.status_code == 404 and "unknown ISBN" in missing.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/recommendations/1000?k=0", None, 422),
+        ("GET", "/recommendations/1000?k=100000", None, 422),
+        ("GET", "/recommendations/1000?k=ten", None, 422),
+        ("POST", "/users/1000/interactions", b"{not json", 422),
+        ("POST", "/users/1000/interactions", {"isbn": "1000000011", "rating": 11}, 422),
+        ("POST", "/users/1000/interactions", {"isbn": "1000000011", "stars": 3}, 422),
+        ("POST", "/users/1000/interactions", {"isbn": "9999999999"}, 404),
+        ("POST", "/recommendations", {"age": -3}, 422),
+        ("POST", "/recommendations", b"x" * 200_000, 413),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(service, method, path, body, status):
+    content = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
+    answer = httpx.request(
+        method, service.url + path, content=content, headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == status, answer.text
+    assert answer.json().get("detail")
+
+
+def test_posted_interaction_is_reflected_at_once_and_survives_a_restart(project, service):
+    before = httpx.get(f"{service.url}/recommendations/1001").json()["books"]
+    top = before[0]["isbn"]
+    stored = httpx.post(f"{service.url}/users/1001/interactions", json={"isbn": top, "rating": 9})
+    assert stored.status_code == 201 and stored.json()["isbn"] == top
+    after = httpx.get(f"{service.url}/recommendations/1001").json()["books"]
+    assert top not in {b["isbn"] for b in after}
+    service.stop()
+    service.start()
+    again = httpx.get(f"{service.url}/recommendations/1001").json()["books"]
+    assert top not in {b["isbn"] for b in again}
+
+
+def test_alias_swap_without_failed_requests(project, service):
+    failures, answers, stop = [], [], threading.Event()
+
+    def hammer():
+        with httpx.Client(base_url=service.url, timeout=10) as client:
+            while not stop.is_set():
+                response = client.get("/recommendations/1000", params={"k": 5})
+                (answers if response.status_code == 200 else failures).append(response.status_code)
+
+    workers = [threading.Thread(target=hammer) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        from pipeline import stages
+        from pipeline.config import Workspace, load_params
+
+        ws, params = Workspace.load(project)
+        params = params.model_copy(update={"train": params.train.model_copy(update={"seed": 11})})
+        stages.train(ws, params, show_progress=False)
+        stages.evaluate(ws, load_params(project))
+        version = json.loads(run(["bookrec", "register", "--no-promote"], project).stdout)["version"]
+        run(["bookrec", "registry", "promote", version, "--reason", "swap test"], project)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if httpx.get(f"{service.url}/health").json()["model_version"] == version:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the service did not pick up the new production version")
+        time.sleep(1)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert not failures and len(answers) > 20
+
+
+def test_schemathesis_finds_no_server_errors(service, tmp_path):
+    done = subprocess.run(
+        [
+            str(BIN / "schemathesis"),
+            "run",
+            f"{service.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "30",
+            "--generation-deterministic",
+            "--request-timeout",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
