@@ -62,7 +62,7 @@ def find_version(client, fingerprint: str) -> Any | None:
     return found[0] if found else None
 
 
-def register(client, model_uri: str, run_id: str, fingerprint: str, tags: dict[str, str]) -> tuple[Any, bool]:
+def register(client, model_uri: str, fingerprint: str, tags: dict[str, str]) -> tuple[Any, bool]:
     """Register the logged model (or return the version that already holds it) and mark it `challenger`.
 
     Returns (version, created). Idempotent: a retried or re-run task never creates a duplicate version.
@@ -78,9 +78,11 @@ def register(client, model_uri: str, run_id: str, fingerprint: str, tags: dict[s
         client.create_registered_model(
             MODEL_NAME, description="NCF (GMF + MLP towers, side features) trained with BPR on Book-Crossing."
         )
-    version = client.create_model_version(
-        MODEL_NAME, source=model_uri, run_id=run_id, tags={**tags, "fingerprint": fingerprint}
-    )
+    import mlflow
+
+    # register_model passes the logged model's id along with its source, which a tracking server requires.
+    registered = mlflow.register_model(model_uri, MODEL_NAME, tags={**tags, "fingerprint": fingerprint})
+    version = client.get_model_version(MODEL_NAME, registered.version)
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version.version)
     return version, True
 

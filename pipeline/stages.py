@@ -302,7 +302,6 @@ def register_model(ws: Workspace, params: Params) -> dict:
     version, created = registry.register(
         client,
         run.model_uri,
-        run.run_id,
         model_fingerprint,
         lineage
         | registry.metric_tags(metrics["ncf"])
