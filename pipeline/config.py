@@ -131,6 +131,7 @@ class TrainParams(Section):
     batch_size: int = Field(ge=1)
     epochs: int = Field(ge=1)
     negatives: int = Field(ge=1)
+    hard_negatives: int = Field(ge=0)
     negative_sampling: str = Field(pattern="^(uniform|popularity)$")
     popularity_power: float = Field(ge=0)
     l2: float = Field(ge=0)
@@ -144,6 +145,8 @@ class TrainParams(Section):
     def _mlp_layers(self) -> TrainParams:
         if not self.mlp_layers or any(size < 1 for size in self.mlp_layers):
             raise ValueError("mlp_layers needs at least one positive size")
+        if self.hard_negatives > self.negatives:
+            raise ValueError("hard_negatives cannot exceed negatives")
         return self
 
 

@@ -216,7 +216,7 @@ class NCF(nn.Module):
         return ItemCache((vectors.gmf * out_gmf).T.contiguous(), mlp_first.contiguous(), vectors.bias)
 
     @torch.no_grad()
-    def score_all_items(self, user: UserVectors, cache: ItemCache, chunk: int = 64) -> torch.Tensor:
+    def score_all_items(self, user: UserVectors, cache: ItemCache, chunk: int = 16) -> torch.Tensor:
         """(B, N) scores of every item, from precomputed item-side terms."""
         scores = user.gmf @ cache.gmf_weighted + cache.bias
         first = self.mlp[0]

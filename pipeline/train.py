@@ -136,7 +136,13 @@ def fit(
             both = torch.cat([positive.unsqueeze(1), negative], dim=1)  # (B, 1 + n)
             item = model.item_vectors(both, data.item_features[both])
             scores = model.score(user, item)
-            loss = bpr_loss(scores[:, 0], scores[:, 1:])
+            negative_scores = scores[:, 1:]
+            if params.hard_negatives:
+                # Dynamic negative sampling (Zhang et al., 2013): BPR against the highest-scored of the
+                # sampled negatives, which carry the gradient that uniform negatives mostly lack.
+                hardest = negative_scores.detach().topk(params.hard_negatives, dim=1).indices
+                negative_scores = negative_scores.gather(1, hardest)
+            loss = bpr_loss(scores[:, 0], negative_scores)
             if params.l2 > 0:
                 loss = loss + params.l2 * l2_penalty(*model.regularised(user, item))
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,138 @@
+"""Serving latency over the full catalog: in process (BookRecommender) and over HTTP on loopback.
+
+    python benchmarks/serve_latency.py [--model models/ncf] [--requests 10000]
+
+In process: p50/p99 of one reader's recommendations and of one book's similar books. Over HTTP: the
+real `bookrec serve` on 127.0.0.1 at concurrency 1 and 8 with a bounded number of requests: p50/p99,
+requests per second, errors, and the server's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def percentiles(samples: list[float]) -> str:
+    ms = np.asarray(samples) * 1000
+    return f"p50 {np.percentile(ms, 50):6.2f} ms   p99 {np.percentile(ms, 99):6.2f} ms   (n={len(ms)})"
+
+
+def in_process(folder: Path, n: int) -> None:
+    import torch
+
+    from pipeline.serving.service import BookRecommender
+
+    torch.set_num_threads(1)
+    model = BookRecommender.from_folder(folder)
+    users = model.users["user_id"].sample(n, replace=True, random_state=0).tolist()
+    isbns = model.items["isbn"].sample(n, replace=True, random_state=1).tolist()
+    for user in users[:50]:
+        model.recommend([user], 10)
+    timings = []
+    for user in users:
+        started = time.perf_counter()
+        model.recommend([user], 10)
+        timings.append(time.perf_counter() - started)
+    print(f"in-process recommendations ({model.bundle.n_items} items): {percentiles(timings)}")
+    timings = []
+    for isbn in isbns:
+        started = time.perf_counter()
+        model.similar_books([isbn], 10)
+        timings.append(time.perf_counter() - started)
+    print(f"in-process similar books:                  {percentiles(timings)}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def over_http(root: Path, users: list[str], total: int) -> None:
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [str(BIN / "bookrec"), "serve", "--port", str(port)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    peak_rss = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        process = psutil.Process(server.pid)
+        for concurrency in (1, 8):
+            per_worker = total // concurrency
+            timings: list[float] = []
+            errors = 0
+            lock = threading.Lock()
+
+            def worker(offset: int) -> None:
+                nonlocal errors
+                local, bad = [], 0
+                with httpx.Client(base_url=url, timeout=30) as client:
+                    for i in range(per_worker):
+                        user = users[(offset * per_worker + i) % len(users)]
+                        started = time.perf_counter()
+                        response = client.get(f"/recommendations/{user}", params={"k": 10})
+                        local.append(time.perf_counter() - started)
+                        bad += response.status_code != 200
+                with lock:
+                    timings.extend(local)
+                    errors += bad
+
+            threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+            started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            while any(t.is_alive() for t in threads):
+                peak_rss = max(peak_rss, process.memory_info().rss)
+                time.sleep(0.2)
+            elapsed = time.perf_counter() - started
+            print(
+                f"HTTP recommendations, concurrency {concurrency}: {percentiles(timings)}   "
+                f"{len(timings) / elapsed:7.1f} req/s   errors {errors}"
+            )
+        print(f"server peak RSS: {peak_rss / 2**20:.0f} MiB")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "ncf")
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=10_000)
+    args = parser.parse_args()
+    in_process(args.model, args.samples)
+    from pipeline.bundle import load_bundle
+
+    users = load_bundle(args.model).users["user_id"].astype(str).tolist()
+    over_http(ROOT, users, args.requests)
+
+
+if __name__ == "__main__":
+    main()
