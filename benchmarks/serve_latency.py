@@ -62,6 +62,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def generate_load(url: str, users: list[str], concurrency: int, total: int, process: psutil.Process):
+    """`total` GET /recommendations split over `concurrency` client threads; timings, errors, seconds, peak RSS."""
+    per_worker = total // concurrency
+    results: list[tuple[list[float], int]] = []
+
+    def worker(offset: int) -> None:
+        local, bad = [], 0
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for i in range(per_worker):
+                user = users[(offset * per_worker + i) % len(users)]
+                started = time.perf_counter()
+                response = client.get(f"/recommendations/{user}", params={"k": 10})
+                local.append(time.perf_counter() - started)
+                bad += response.status_code != 200
+        results.append((local, bad))  # list.append is atomic under the GIL
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    peak_rss, started = 0, time.perf_counter()
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        peak_rss = max(peak_rss, process.memory_info().rss)
+        time.sleep(0.2)
+    elapsed = time.perf_counter() - started
+    timings = [t for local, _ in results for t in local]
+    return timings, sum(bad for _, bad in results), elapsed, peak_rss
+
+
 def over_http(root: Path, users: list[str], total: int) -> None:
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
@@ -73,7 +101,6 @@ def over_http(root: Path, users: list[str], total: int) -> None:
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    peak_rss = 0
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -83,39 +110,15 @@ def over_http(root: Path, users: list[str], total: int) -> None:
             except httpx.HTTPError:
                 time.sleep(0.5)
         process = psutil.Process(server.pid)
+        peak = 0
         for concurrency in (1, 8):
-            per_worker = total // concurrency
-            timings: list[float] = []
-            errors = 0
-            lock = threading.Lock()
-
-            def worker(offset: int) -> None:
-                nonlocal errors
-                local, bad = [], 0
-                with httpx.Client(base_url=url, timeout=30) as client:
-                    for i in range(per_worker):
-                        user = users[(offset * per_worker + i) % len(users)]
-                        started = time.perf_counter()
-                        response = client.get(f"/recommendations/{user}", params={"k": 10})
-                        local.append(time.perf_counter() - started)
-                        bad += response.status_code != 200
-                with lock:
-                    timings.extend(local)
-                    errors += bad
-
-            threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
-            started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            while any(t.is_alive() for t in threads):
-                peak_rss = max(peak_rss, process.memory_info().rss)
-                time.sleep(0.2)
-            elapsed = time.perf_counter() - started
+            timings, errors, elapsed, rss = generate_load(url, users, concurrency, total, process)
+            peak = max(peak, rss)
             print(
                 f"HTTP recommendations, concurrency {concurrency}: {percentiles(timings)}   "
                 f"{len(timings) / elapsed:7.1f} req/s   errors {errors}"
             )
-        print(f"server peak RSS: {peak_rss / 2**20:.0f} MiB")
+        print(f"server peak RSS: {peak / 2**20:.0f} MiB")
     finally:
         server.terminate()
         server.wait(timeout=30)
