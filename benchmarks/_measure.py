@@ -1,0 +1,36 @@
+"""Run one `bookrec` command in a child process and report its wall time and peak RSS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHILD = """
+import json, resource, sys, time
+from pipeline.cli import app
+started = time.perf_counter()
+code = 0
+try:
+    app(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code or 0
+print("@@MEASURE@@" + json.dumps({"seconds": time.perf_counter() - started, "code": code,
+      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measure(args: list[str], cwd: Path) -> dict:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("@@MEASURE@@")), None)
+    if line is None or json.loads(line[11:])["code"] != 0:
+        raise RuntimeError(f"bookrec {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    result = json.loads(line[11:])
+    result["wall_seconds"] = time.perf_counter() - started  # includes interpreter start and imports
+    return result

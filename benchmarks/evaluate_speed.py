@@ -1,0 +1,43 @@
+"""Fit and full-ranking evaluation time of every baseline on the bx-implicit-v1 test split.
+
+    python benchmarks/evaluate_speed.py        (needs data/processed from `dvc repro`)
+
+"Evaluate" is the whole evaluator: ranking every item for every test user with read books excluded,
+top-50 lists, and every accuracy and beyond-accuracy metric at K = 10 and 20.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+from pipeline import io, stages
+from pipeline.baselines import make_baseline
+from pipeline.config import Workspace
+from pipeline.evaluate import EvaluationData, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ws, params = Workspace.load(ROOT)
+    items = io.read_parquet(ws.processed / "items.parquet")
+    users = io.read_parquet(ws.processed / "users.parquet", columns=["user_idx"])
+    started = time.perf_counter()
+    data = EvaluationData.build(stages.load_splits(ws), items, len(users), "test")
+    print(f"evaluation data (matrices, TF-IDF of {len(items)} books): {time.perf_counter() - started:.1f} s")
+    print(f"{'model':<16}{'fit s':>8}{'evaluate s':>12}{'of which ranking s':>20}{'users':>8}{'NDCG@10':>9}")
+    for name, options in params.evaluate.baselines().items():
+        started = time.perf_counter()
+        model = make_baseline(name, **options).fit(data.train)
+        fitted = time.perf_counter() - started
+        started = time.perf_counter()
+        report = evaluate(model, data, params.evaluate.ks, params.evaluate.curve_max_k, batch_size=params.evaluate.batch_size)
+        print(f"{name:<16}{fitted:>8.1f}{time.perf_counter() - started:>12.1f}{report.seconds['rank']:>20.1f}"
+              f"{report.seconds['users']:>8}{report.metrics['@10']['ndcg']:>9.4f}")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
