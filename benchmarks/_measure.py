@@ -26,8 +26,9 @@ print("@@MEASURE@@" + json.dumps({"seconds": time.perf_counter() - started, "cod
 def measure(args: list[str], cwd: Path) -> dict:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
     line = next((x for x in done.stdout.splitlines() if x.startswith("@@MEASURE@@")), None)
     if line is None or json.loads(line[11:])["code"] != 0:
         raise RuntimeError(f"bookrec {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")

@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def summary(samples: list[float]) -> str:
     ms = np.asarray(samples) * 1000
-    return f"p50 {np.percentile(ms, 50):7.1f} ms   p99 {np.percentile(ms, 99):7.1f} ms   max {ms.max():7.1f} ms"
+    return (
+        f"p50 {np.percentile(ms, 50):7.1f} ms   p99 {np.percentile(ms, 99):7.1f} ms   max {ms.max():7.1f} ms"
+    )
 
 
 def main() -> None:

@@ -30,10 +30,16 @@ def main() -> None:
         project = copy_project(workdir / "project")
         fetch = ["data", "fetch"] + (["--source", str(args.source.resolve())] if args.source else [])
         print(f"{'step':<12}{'wall s':>9}{'in-process s':>14}{'peak RSS MiB':>14}")
-        for name, command in (("fetch", fetch), ("ingest", ["ingest"]), ("preprocess", ["preprocess"]),
-                              ("features", ["features"])):
+        for name, command in (
+            ("fetch", fetch),
+            ("ingest", ["ingest"]),
+            ("preprocess", ["preprocess"]),
+            ("features", ["features"]),
+        ):
             result = measure(command, project)
-            print(f"{name:<12}{result['wall_seconds']:>9.1f}{result['seconds']:>14.1f}{result['peak_rss_mib']:>14.0f}")
+            print(
+                f"{name:<12}{result['wall_seconds']:>9.1f}{result['seconds']:>14.1f}{result['peak_rss_mib']:>14.0f}"
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -33,9 +33,17 @@ def main() -> None:
         model = make_baseline(name, **options).fit(data.train)
         fitted = time.perf_counter() - started
         started = time.perf_counter()
-        report = evaluate(model, data, params.evaluate.ks, params.evaluate.curve_max_k, batch_size=params.evaluate.batch_size)
-        print(f"{name:<16}{fitted:>8.1f}{time.perf_counter() - started:>12.1f}{report.seconds['rank']:>20.1f}"
-              f"{report.seconds['users']:>8}{report.metrics['@10']['ndcg']:>9.4f}")
+        report = evaluate(
+            model,
+            data,
+            params.evaluate.ks,
+            params.evaluate.curve_max_k,
+            batch_size=params.evaluate.batch_size,
+        )
+        print(
+            f"{name:<16}{fitted:>8.1f}{time.perf_counter() - started:>12.1f}{report.seconds['rank']:>20.1f}"
+            f"{report.seconds['users']:>8}{report.metrics['@10']['ndcg']:>9.4f}"
+        )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -28,8 +28,15 @@ def main() -> None:
         params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": args.epochs})})
     # Train into a scratch folder: the benchmark must not replace the pipeline's model.
     scratch = ws.root / "reports" / "benchmark-train"
-    ws = Workspace(ws.root, ws.paths.model_copy(update={"model": str(scratch.relative_to(ws.root) / "model"),
-                                                         "reports": str(scratch.relative_to(ws.root))}))
+    ws = Workspace(
+        ws.root,
+        ws.paths.model_copy(
+            update={
+                "model": str(scratch.relative_to(ws.root) / "model"),
+                "reports": str(scratch.relative_to(ws.root)),
+            }
+        ),
+    )
     started = time.perf_counter()
     summary = stages.train(ws, params, show_progress=False)
     total = time.perf_counter() - started
@@ -38,15 +45,23 @@ def main() -> None:
     history = io.read_json(ws.model / "history.json")
     epochs = history["epochs"]
     train_rows = len(io.read_parquet(ws.root / params.paths.processed / "train.parquet"))
-    epoch_seconds = [b["seconds"] - a["seconds"] for a, b in zip([{"seconds": 0.0}, *epochs], epochs, strict=False)]
+    epoch_seconds = [
+        b["seconds"] - a["seconds"] for a, b in zip([{"seconds": 0.0}, *epochs], epochs, strict=False)
+    ]
     triples = train_rows * (1 + params.train.negatives)
-    print(f"train rows {train_rows}, negatives {params.train.negatives} (hardest {params.train.hard_negatives})")
-    print(f"seconds per epoch (incl. validation): mean {sum(epoch_seconds) / len(epoch_seconds):.1f}, "
-          f"min {min(epoch_seconds):.1f}")
+    print(
+        f"train rows {train_rows}, negatives {params.train.negatives} (hardest {params.train.hard_negatives})"
+    )
+    print(
+        f"seconds per epoch (incl. validation): mean {sum(epoch_seconds) / len(epoch_seconds):.1f}, "
+        f"min {min(epoch_seconds):.1f}"
+    )
     print(f"triples per second: {triples / min(epoch_seconds):,.0f}")
-    print(f"best epoch {summary['best_epoch']} (val NDCG@10 {summary['val_ndcg_at_10']:.4f}), "
-          f"reached after {summary['seconds_to_best']:.1f} s; {len(epochs)} epochs in {summary['seconds_total']:.1f} s "
-          f"(stage total incl. loading and saving {total:.1f} s); stopped: {summary['stopped_because']}")
+    print(
+        f"best epoch {summary['best_epoch']} (val NDCG@10 {summary['val_ndcg_at_10']:.4f}), "
+        f"reached after {summary['seconds_to_best']:.1f} s; {len(epochs)} epochs in {summary['seconds_total']:.1f} s "
+        f"(stage total incl. loading and saving {total:.1f} s); stopped: {summary['stopped_because']}"
+    )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -97,9 +97,17 @@ def data_fetch(
         show_progress=sys.stderr.isatty(),
         allow_modified=allow_modified,
     )
-    track_raw_data(ws.root)
+    changed = track_raw_data(ws.root)
     state = "already present and verified" if manifest.get("unchanged") else "fetched and verified"
     typer.echo(f"{ws.raw}: {state} ({manifest['variant']} from {manifest['source']})")
+    if changed:
+        _announce_new_data(ws.root, {"source": manifest["source"]})
+
+
+def _announce_new_data(root: Path, extra: dict) -> None:
+    from pipeline.launcher import notify_new_raw_data
+
+    typer.echo(notify_new_raw_data(root, extra))
 
 
 @data_app.command("verify")
@@ -259,8 +267,13 @@ def feedback_export() -> None:
 
     ws, _ = _workspace()
     count = export_to_raw(FeedbackStore.for_root(ws.root), ws.feedback)
-    track_raw_data(ws.root)
-    typer.echo(f"{count} interactions exported to {ws.feedback}; data.dvc updated")
+    changed = track_raw_data(ws.root)
+    typer.echo(
+        f"{count} interactions exported to {ws.feedback}"
+        + ("; data.dvc updated" if changed else "; no change")
+    )
+    if changed:
+        _announce_new_data(ws.root, {"source": "feedback", "interactions": count})
 
 
 pipeline_app = typer.Typer(help="The training pipeline as an Airflow DAG.", no_args_is_help=True)

@@ -244,3 +244,38 @@ def up(root: Path, echo=print) -> int:
     finally:
         echo("stopping ...")
         stop(started)
+
+
+RAW_ASSET = "bookrec_raw_data"
+
+
+def notify_new_raw_data(root: Path, extra: dict | None = None) -> str:
+    """Register an event on the raw-data Asset with the running Airflow, so that the training DAG runs.
+
+    Returns what happened, for the CLI to print; an Airflow that is not running is not an error (the
+    weekly run will pick the data up).
+    """
+    base = os.environ.get("BOOKREC_AIRFLOW_URL") or f"http://127.0.0.1:{_port('BOOKREC_AIRFLOW_PORT', 8080)}"
+    passwords = airflow_home(root) / "passwords.json"
+    if not passwords.is_file():
+        return "Airflow has not been set up here (no airflow_home/passwords.json); run `make up`"
+    try:
+        token = (
+            httpx.post(
+                f"{base}/auth/token", json={"username": "admin", "password": admin_password(root)}, timeout=5
+            )
+            .raise_for_status()
+            .json()["access_token"]
+        )
+        api = httpx.Client(
+            base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assets = api.get("/assets", params={"name_pattern": RAW_ASSET}).raise_for_status().json()["assets"]
+        if not assets:
+            return f"Airflow at {base} does not know the asset {RAW_ASSET} yet (DAG not parsed?)"
+        api.post(
+            "/assets/events", json={"asset_id": assets[0]["id"], "extra": extra or {}}
+        ).raise_for_status()
+        return f"Airflow at {base} notified: the training DAG will run on the new data"
+    except httpx.HTTPError as err:
+        return f"Airflow at {base} not reachable ({type(err).__name__}); the next scheduled run will use the new data"

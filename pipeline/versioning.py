@@ -39,15 +39,18 @@ def is_dvc_repo(root: Path) -> bool:
     return (root / ".dvc").is_dir()
 
 
-def track_raw_data(root: Path, raw_parent: str = "data/raw") -> None:
-    """Put the raw data folder into the DVC cache and record its hash in data.dvc (created if missing)."""
+def track_raw_data(root: Path, raw_parent: str = "data/raw") -> bool:
+    """Put the raw data folder into the DVC cache and record its hash in data.dvc (created if missing).
+    True if the raw data changed (a new data version)."""
     if not is_dvc_repo(root):
-        return
+        return False
     dvc_file = root / RAW_DVC_FILE
     if not dvc_file.is_file():
         dvc_file.write_text(yaml.safe_dump({"outs": [{"path": raw_parent, "hash": "md5"}]}, sort_keys=False))
+    before = dvc_file.read_text()
     with _dvc_repo(root) as repo:
         repo.commit(str(dvc_file), force=True)
+    return dvc_file.read_text() != before
 
 
 PARAMS_BACKUP = ".params.yaml.before-override"

@@ -180,6 +180,25 @@ def test_real_airflow_standalone_runs_the_dag(tmp_path, synthetic_bx):
         tasks = api.get("/dags/bookrec_training/dagRuns/test_run/taskInstances").json()["task_instances"]
         assert state == "success", [(t["task_id"], t["state"]) for t in tasks]
         assert registry.production_version(tracking.client(root)) is not None
+
+        # New raw data (exported live feedback) is announced to Airflow and starts a run by itself.
+        from pipeline.livefeed import FeedbackStore
+
+        FeedbackStore.for_root(root).add("1000", "1000000011", 9)
+        exported = run(
+            ["bookrec", "feedback", "export"],
+            root,
+            env={"AIRFLOW_HOME": str(home), "BOOKREC_AIRFLOW_URL": base},
+        )
+        assert "notified" in exported.stdout, exported.stdout
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            runs = api.get("/dags/bookrec_training/dagRuns").json()["dag_runs"]
+            if any(r["run_type"] == "asset_triggered" for r in runs):
+                break
+            time.sleep(2)
+        else:
+            pytest.fail(f"no asset-triggered run: {[(r['dag_run_id'], r['run_type']) for r in runs]}")
     finally:
         os.killpg(server.pid, signal.SIGINT)
         try:
