@@ -168,3 +168,26 @@ def trained_project(tmp_path_factory, synthetic_bx) -> Path:
 
 def mlflow_env(root: Path) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}
+
+
+@pytest.fixture(scope="session")
+def real_trained(real_workspace):
+    """The real data with a short NCF training run (two epochs of a small model): the real end-to-end path
+    at CI speed. The product's own figures come from `dvc repro` with params.yaml (see benchmarks)."""
+    from pipeline import stages
+    from pipeline.config import load_params
+
+    params = load_params(real_workspace.root)
+    short = params.train.model_copy(
+        update={
+            "epochs": 2,
+            "gmf_dim": 32,
+            "mlp_dim": 16,
+            "mlp_layers": (32,),
+            "early_stopping_users": 1000,
+            "max_seconds": 0,
+            "patience": 2,
+        }
+    )
+    summary = stages.train(real_workspace, params.model_copy(update={"train": short}), show_progress=False)
+    return real_workspace, summary
