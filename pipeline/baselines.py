@@ -120,6 +120,7 @@ def make_baseline(name: str, **options) -> Recommender:
         "random": RandomRecommender,
         "popularity": PopularityRecommender,
         "itemknn_bm25": lambda **o: ItemKNNRecommender("bm25", **o),
+        "itemknn_bm25_tuned": lambda **o: ItemKNNRecommender("bm25", **o),
         "itemknn_cosine": lambda **o: ItemKNNRecommender("cosine", **o),
         "als": ALSRecommender,
     }

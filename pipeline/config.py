@@ -102,6 +102,7 @@ class EvaluateParams(Section):
     cohort_top_countries: int = Field(ge=0)
     random: RandomParams
     itemknn_bm25: BM25KNNParams
+    itemknn_bm25_tuned: BM25KNNParams
     itemknn_cosine: CosineKNNParams
     als: ALSParams
 
@@ -112,6 +113,7 @@ class EvaluateParams(Section):
             "popularity": {},
             "itemknn_cosine": self.itemknn_cosine.model_dump(),
             "itemknn_bm25": self.itemknn_bm25.model_dump(),
+            "itemknn_bm25_tuned": self.itemknn_bm25_tuned.model_dump(),
             "als": self.als.model_dump(),
         }
 
@@ -124,6 +126,7 @@ class TrainParams(Section):
     mlp_layers: tuple[int, ...]
     dropout: float = Field(ge=0, lt=1)
     use_history: bool
+    use_user_id: bool
     use_side_features: bool
     history_alpha: float = Field(ge=0, le=1)
     init_std: float = Field(gt=0)

@@ -71,16 +71,21 @@ class FeedbackStore:
         with self.engine.connect() as connection:
             return [Interaction(r.user_id, r.isbn, r.rating, r.created_at) for r in connection.execute(query)]
 
-    def read_isbns(self, user_id: str) -> list[str]:
-        """Every book the reader told us about: never recommended to them again."""
-        return sorted({i.isbn for i in self.for_user(user_id)})
-
-    def positives(self, user_id: str, min_positive_rating: int) -> list[str]:
-        """Books that count as liked (implicit reads and ratings >= the protocol's threshold)."""
+    def reads_and_likes(self, user_id: str, min_positive_rating: int) -> tuple[list[str], list[str]]:
+        """`read_isbns` and `positives` from one query: what the serving hot path needs."""
         latest: dict[str, int] = {}
         for item in self.for_user(user_id):
             latest[item.isbn] = item.rating
-        return sorted(isbn for isbn, r in latest.items() if r == 0 or r >= min_positive_rating)
+        liked = [isbn for isbn, rating in latest.items() if rating == 0 or rating >= min_positive_rating]
+        return sorted(latest), sorted(liked)
+
+    def read_isbns(self, user_id: str) -> list[str]:
+        """Every book the reader told us about: never recommended to them again."""
+        return self.reads_and_likes(user_id, 1)[0]
+
+    def positives(self, user_id: str, min_positive_rating: int) -> list[str]:
+        """Books that count as liked (reads without rating and ratings >= the protocol's threshold)."""
+        return self.reads_and_likes(user_id, min_positive_rating)[1]
 
     def count(self) -> int:
         with self.engine.connect() as connection:

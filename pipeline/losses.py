@@ -12,7 +12,11 @@ def bpr_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(positive.unsqueeze(1) - negative).mean()
 
 
-def l2_penalty(*tensors: torch.Tensor) -> torch.Tensor:
-    """Sum of squares of the given (batch) embeddings, divided by the batch size."""
-    batch = tensors[0].shape[0]
-    return sum(t.pow(2).sum() for t in tensors) / batch
+def item_l2(*item_vectors: torch.Tensor) -> torch.Tensor:
+    """L2 on the item vectors a batch uses: for each (B, 1 + n, d) tensor of positive and sampled negative
+    vectors, the mean squared norm of the positives plus the mean squared norm of the negatives."""
+    total = torch.zeros(())
+    for vectors in item_vectors:
+        squared = vectors.pow(2).sum(-1)
+        total = total + squared[:, 0].mean() + squared[:, 1:].mean()
+    return total

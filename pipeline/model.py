@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,6 +39,7 @@ class NCFConfig:
     mlp_layers: tuple[int, ...] = (64,)  # hidden sizes of the MLP tower
     dropout: float = 0.0
     use_history: bool = True
+    use_user_id: bool = True  # a free embedding per known reader, on top of history and side features
     use_side_features: bool = True
     history_alpha: float = 0.5  # history sum is divided by |H| ** alpha
     init_std: float = 0.01
@@ -93,20 +95,31 @@ class ItemCache(NamedTuple):
 class Tower(nn.Module):
     """Free id embedding + side-feature embeddings (+ weighted history) summed into one vector per row."""
 
-    def __init__(self, n_ids: int, features: dict[str, int], dim: int, history_items: int | None, std: float):
+    def __init__(
+        self,
+        n_ids: int,
+        features: dict[str, int],
+        dim: int,
+        history_items: int | None,
+        std: float,
+        with_ids: bool = True,
+    ):
         super().__init__()
-        self.ids = nn.Embedding(n_ids + 1, dim)  # the last row is the "unknown id" of cold-start users
+        # The last id row is the "unknown id" of cold-start readers.
+        self.ids = nn.Embedding(n_ids + 1, dim) if with_ids else None
         self.features = nn.ModuleDict({name: nn.Embedding(size, dim) for name, size in features.items()})
         self.history = nn.Embedding(history_items, dim) if history_items else None
-        for module in [self.ids, *self.features.values(), *([self.history] if self.history else [])]:
+        for module in [*self.features.values(), *(m for m in (self.ids, self.history) if m is not None)]:
             nn.init.normal_(module.weight, std=std)
-        with torch.no_grad():
-            self.ids.weight[-1].zero_()
+        if self.ids is not None:
+            with torch.no_grad():
+                self.ids.weight[-1].zero_()
+        self.dim = dim
 
     def forward(
         self, ids: torch.Tensor, features: torch.Tensor | None, history: torch.Tensor | None = None
     ) -> torch.Tensor:
-        vector = self.ids(ids)
+        vector = self.ids(ids) if self.ids is not None else torch.zeros((*ids.shape, self.dim))
         if features is not None:
             for column, embedding in enumerate(self.features.values()):
                 vector = vector + embedding(features[..., column])
@@ -122,16 +135,20 @@ class NCF(nn.Module):
         user_features = config.user_features if config.use_side_features else {}
         item_features = config.item_features if config.use_side_features else {}
         history = config.n_items if config.use_history else None
-        self.user_gmf = Tower(config.n_users, user_features, config.gmf_dim, history, config.init_std)
+        ids = config.use_user_id
+        self.user_gmf = Tower(config.n_users, user_features, config.gmf_dim, history, config.init_std, ids)
         self.item_gmf = Tower(config.n_items, item_features, config.gmf_dim, None, config.init_std)
-        self.user_mlp = Tower(config.n_users, user_features, config.mlp_dim, history, config.init_std)
+        self.user_mlp = Tower(config.n_users, user_features, config.mlp_dim, history, config.init_std, ids)
         self.item_mlp = Tower(config.n_items, item_features, config.mlp_dim, None, config.init_std)
         sizes = [2 * config.mlp_dim, *config.mlp_layers]
         self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
         self.output = nn.Linear(config.gmf_dim + sizes[-1], 1, bias=False)
         self.item_bias = nn.Embedding(config.n_items + 1, 1)
         nn.init.zeros_(self.item_bias.weight)
-        nn.init.constant_(self.output.weight, 1.0 / (config.gmf_dim + sizes[-1]) ** 0.5)
+        # GMF starts as a plain dot product; the MLP tower starts near silent and earns its weight.
+        with torch.no_grad():
+            self.output.weight[0, : config.gmf_dim] = 1.0
+            nn.init.normal_(self.output.weight[:, config.gmf_dim :], std=0.01)
 
     # -- representations -------------------------------------------------------------------------
 
@@ -142,6 +159,24 @@ class NCF(nn.Module):
         return HistoryTerms(
             torch.sparse.mm(history, self.user_gmf.history.weight),
             torch.sparse.mm(history, self.user_mlp.history.weight),
+        )
+
+    def history_terms_from_lists(self, histories: list) -> HistoryTerms | None:
+        """History terms for a few readers given as lists of item indices: one EmbeddingBag per tower,
+        cheaper than building a sparse matrix when serving single requests."""
+        if not self.config.use_history:
+            return None
+        lengths = torch.tensor([len(h) for h in histories], dtype=torch.long)
+        flat = torch.as_tensor(np.concatenate(histories) if len(histories) else np.empty(0), dtype=torch.long)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        weights = torch.repeat_interleave(
+            lengths.clamp(min=1).float().pow(-self.config.history_alpha), lengths
+        )
+        return HistoryTerms(
+            *(
+                F.embedding_bag(flat, tower.history.weight, offsets, mode="sum", per_sample_weights=weights)
+                for tower in (self.user_gmf, self.user_mlp)
+            )
         )
 
     def training_history_terms(
@@ -228,6 +263,3 @@ class NCF(nn.Module):
             )  # (b, N, h1)
             scores[start : start + chunk] += self._mlp_tail(hidden) @ out_mlp
         return scores
-
-    def regularised(self, user: UserVectors, item: ItemVectors) -> list[torch.Tensor]:
-        return [user.gmf, user.mlp, item.gmf, item.mlp]

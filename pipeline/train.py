@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.config import TrainParams
-from pipeline.losses import bpr_loss, l2_penalty
+from pipeline.losses import bpr_loss, item_l2
 from pipeline.model import NCF, NCFConfig
 from pipeline.sampling import NegativeSampler
 
@@ -79,6 +79,7 @@ def build_model(data: TrainingData, params: TrainParams) -> NCF:
         mlp_layers=tuple(params.mlp_layers),
         dropout=params.dropout,
         use_history=params.use_history,
+        use_user_id=params.use_user_id,
         use_side_features=params.use_side_features,
         history_alpha=params.history_alpha,
         init_std=params.init_std,
@@ -144,7 +145,7 @@ def fit(
                 negative_scores = negative_scores.gather(1, hardest)
             loss = bpr_loss(scores[:, 0], negative_scores)
             if params.l2 > 0:
-                loss = loss + params.l2 * l2_penalty(*model.regularised(user, item))
+                loss = loss + params.l2 * item_l2(item.gmf, item.mlp)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -24,6 +24,10 @@ EXCLUDE_MODES = ("all", "train")
 MAX_K = 200
 
 
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 class UnknownBookError(KeyError):
     """An ISBN that is not in the model's catalog."""
 
@@ -48,6 +52,18 @@ class BookRecommender:
         self.users = bundle.users
         self.user_index = pd.Series(np.arange(len(bundle.users)), index=bundle.users["user_id"].astype(str))
         self.item_index = pd.Series(np.arange(len(bundle.items)), index=bundle.items["isbn"].astype(str))
+        self.isbns = bundle.items["isbn"].astype(str).to_numpy(dtype=object)
+        self._records = [
+            {
+                "isbn": str(row.isbn),
+                "title": _text(row.title),
+                "author": _text(row.author),
+                "year": None if pd.isna(row.year) else int(row.year),
+                "publisher": _text(row.publisher),
+                "cover_url": _text(row.image_url_m),
+            }
+            for row in bundle.items.itertuples(index=False)
+        ]
         user_features = bundle.user_feature_tensor()
         item_features = bundle.item_feature_tensor()
         everything = bundle.matrix(("train", "validation", "test"))
@@ -156,24 +172,9 @@ class BookRecommender:
         """(B, n_items) scores for readers given as model rows (n_users = unknown), side-feature ids and
         histories (item indices): the primitive every recommendation goes through."""
         engine = self.engines[mode]
-        lengths = [len(h) for h in histories]
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        indices = np.concatenate(histories) if histories else np.empty(0, dtype=np.int64)
-        rows = sp.csr_matrix(
-            (np.ones(len(indices), dtype=np.float32), indices, indptr),
-            shape=(len(histories), self.bundle.n_items),
-        )
         with torch.inference_mode():
             users = torch.as_tensor(user_rows, dtype=torch.long)
-            from pipeline.model import history_matrix
-
-            terms = None
-            if self.model.config.use_history:
-                terms = self.model.history_terms(
-                    history_matrix(
-                        rows.indptr, rows.indices, self.bundle.n_items, self.model.config.history_alpha
-                    )
-                )
+            terms = self.model.history_terms_from_lists(histories)
             vectors = self.model.user_vectors(users, features, terms)
             return self.model.score_all_items(vectors, engine.item_cache()).numpy()
 
@@ -193,6 +194,19 @@ class BookRecommender:
         never recommended. Unknown readers get the cold-start path from `readers[user_id]` (age,
         location, liked books), or from nothing at all.
         """
+        ids, best = self.rank(user_ids, k, exclude, readers, extra_reads, extra_excluded)
+        return self._frame("user_id", [str(u).strip() for u in user_ids], ids, best, "isbn")
+
+    def rank(
+        self,
+        user_ids: list[str],
+        k: int = 10,
+        exclude: str = "all",
+        readers: Mapping[str, Reader] | None = None,
+        extra_reads: Mapping[str, Iterable[str]] | None = None,
+        extra_excluded: Mapping[str, Iterable[str]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`recommend` as arrays: item indices (-1 pads) and scores, one row per reader."""
         k = self._validate_k(k)
         if exclude not in EXCLUDE_MODES:
             raise ValueError(f"exclude must be one of {', '.join(EXCLUDE_MODES)}, not {exclude!r}")
@@ -223,12 +237,19 @@ class BookRecommender:
             histories.append(np.unique(np.concatenate([history, extra]).astype(np.int64)))
             excluded.append(np.unique(np.concatenate([seen, extra, also_excluded]).astype(np.int64)))
         if not rows:
-            return pd.DataFrame(columns=["user_id", "rank", "isbn", "score"])
+            return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)
         scores = self.score_readers(np.asarray(rows), torch.stack(features), histories, exclude)
         for row, items in enumerate(excluded):
             scores[row, items] = -np.inf
-        ids, best = top_k(scores, k)
-        return self._frame("user_id", [str(u).strip() for u in user_ids], ids, best, "isbn")
+        return top_k(scores, k)
+
+    def book_records(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
+        """One ranked list as dicts (rank, isbn, score and the book's details), for JSON answers."""
+        return [
+            {"rank": rank, "score": float(score), **self._records[int(item)]}
+            for rank, (item, score) in enumerate(zip(ids, scores, strict=True), start=1)
+            if item >= 0
+        ]
 
     def encode_readers(self, readers: list[Reader]) -> torch.Tensor:
         return self._features_for(readers)
@@ -240,10 +261,14 @@ class BookRecommender:
         """Nearest books by cosine similarity of the model's item vectors: isbn, rank, similar_isbn, score."""
         k = self._validate_k(k)
         queries = self.item_indices(isbns)
+        ids, best = self.rank_similar(queries, k)
+        return self._frame("isbn", [str(i).strip().upper() for i in isbns], ids, best, "similar_isbn")
+
+    def rank_similar(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = self._validate_k(k)
         similarity = self._normalised[queries] @ self._normalised.T
         similarity[np.arange(len(queries)), queries] = -np.inf
-        ids, best = top_k(similarity, k)
-        return self._frame("isbn", [str(i).strip().upper() for i in isbns], ids, best, "similar_isbn")
+        return top_k(similarity, k)
 
     def because_you_read(self, user_id: str, isbn: str, extra_reads: Iterable[str] = ()) -> str | None:
         """The book in the reader's history most similar to `isbn` (the reason shown next to it)."""
@@ -261,7 +286,7 @@ class BookRecommender:
     ) -> pd.DataFrame:
         valid = ids >= 0
         repeat = valid.sum(axis=1)
-        isbns = self.items["isbn"].to_numpy()[ids[valid]]
+        isbns = self.isbns[ids[valid]]
         ranks = np.concatenate([np.arange(1, n + 1) for n in repeat]) if len(repeat) else np.empty(0, int)
         return pd.DataFrame(
             {

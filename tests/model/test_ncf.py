@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from pipeline.config import load_params
-from pipeline.losses import bpr_loss, l2_penalty
+from pipeline.losses import bpr_loss, item_l2
 from pipeline.model import NCF, NCFConfig, history_matrix
 from pipeline.recommend import NCFRecommender
 from pipeline.sampling import NegativeSampler
@@ -146,7 +146,9 @@ def test_bpr_loss_by_hand():
     assert float(loss) == pytest.approx(0.8132616875)
     huge = bpr_loss(torch.tensor([0.0]), torch.tensor([[1000.0]]))
     assert math.isfinite(float(huge)) and float(huge) == pytest.approx(1000.0)
-    assert float(l2_penalty(torch.tensor([[1.0, 2.0], [0.0, 1.0]]))) == pytest.approx(3.0)
+    # positives' squared norms 5 and 1 (mean 3); negatives' 1, 4, 0, 9 (mean 3.5)
+    vectors = torch.tensor([[[1.0, 2.0], [1.0, 0.0], [0.0, 2.0]], [[0.0, 1.0], [0.0, 0.0], [3.0, 0.0]]])
+    assert float(item_l2(vectors)) == pytest.approx(3.0 + 3.5)
 
 
 def test_sampler_never_returns_a_positive_and_reports_collisions():
