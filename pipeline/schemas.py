@@ -40,29 +40,32 @@ INTERIM_RATINGS = pa.DataFrameSchema(
     name="interim/ratings",
 )
 
+# A book's columns, shared by the interim catalog and the processed item table.
+BOOK_COLUMNS = {
+    "title": pa.Column(str, **_nullable_text),
+    "author": pa.Column(str, **_nullable_text),
+    "year": pa.Column("Int16", nullable=True),
+    "publisher": pa.Column(str, **_nullable_text),
+    "image_url_s": pa.Column(str, **_nullable_text),
+    "image_url_m": pa.Column(str, **_nullable_text),
+    "image_url_l": pa.Column(str, **_nullable_text),
+}
+# A reader's columns, shared by the interim users and the processed user table.
+READER_COLUMNS = {
+    "age": pa.Column("Int16", nullable=True),
+    "city": pa.Column(str, **_nullable_text),
+    "region": pa.Column(str, **_nullable_text),
+    "country": pa.Column(str, **_nullable_text),
+}
+
 INTERIM_USERS = pa.DataFrameSchema(
-    {
-        "user_id": pa.Column(str, pa.Check.str_matches(r"^[\w.-]+$"), unique=True),
-        "age": pa.Column("Int16", nullable=True),
-        "city": pa.Column(str, **_nullable_text),
-        "region": pa.Column(str, **_nullable_text),
-        "country": pa.Column(str, **_nullable_text),
-    },
+    {"user_id": pa.Column(str, pa.Check.str_matches(r"^[\w.-]+$"), unique=True), **READER_COLUMNS},
     strict=True,
     name="interim/users",
 )
 
 INTERIM_BOOKS = pa.DataFrameSchema(
-    {
-        "isbn": pa.Column(str, pa.Check.str_length(min_value=1), unique=True),
-        "title": pa.Column(str, **_nullable_text),
-        "author": pa.Column(str, **_nullable_text),
-        "year": pa.Column("Int16", nullable=True),
-        "publisher": pa.Column(str, **_nullable_text),
-        "image_url_s": pa.Column(str, **_nullable_text),
-        "image_url_m": pa.Column(str, **_nullable_text),
-        "image_url_l": pa.Column(str, **_nullable_text),
-    },
+    {"isbn": pa.Column(str, pa.Check.str_length(min_value=1), unique=True), **BOOK_COLUMNS},
     strict=True,
     name="interim/books",
 )
@@ -93,10 +96,7 @@ PROCESSED_USERS = pa.DataFrameSchema(
     {
         "user_idx": pa.Column("int32", pa.Check.ge(0), unique=True),
         "user_id": pa.Column(str, unique=True),
-        "age": pa.Column("Int16", nullable=True),
-        "city": pa.Column(str, **_nullable_text),
-        "region": pa.Column(str, **_nullable_text),
-        "country": pa.Column(str, **_nullable_text),
+        **READER_COLUMNS,
     },
     strict=True,
     name="processed/users",
@@ -106,13 +106,7 @@ PROCESSED_ITEMS = pa.DataFrameSchema(
     {
         "item_idx": pa.Column("int32", pa.Check.ge(0), unique=True),
         "isbn": pa.Column(str, unique=True),
-        "title": pa.Column(str, **_nullable_text),
-        "author": pa.Column(str, **_nullable_text),
-        "year": pa.Column("Int16", nullable=True),
-        "publisher": pa.Column(str, **_nullable_text),
-        "image_url_s": pa.Column(str, **_nullable_text),
-        "image_url_m": pa.Column(str, **_nullable_text),
-        "image_url_l": pa.Column(str, **_nullable_text),
+        **BOOK_COLUMNS,
     },
     strict=True,
     name="processed/items",

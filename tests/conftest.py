@@ -191,3 +191,12 @@ def real_trained(real_workspace):
     )
     summary = stages.train(real_workspace, params.model_copy(update={"train": short}), show_progress=False)
     return real_workspace, summary
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

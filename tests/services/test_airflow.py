@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from pipeline import registry, tracking
-from tests.conftest import BIN, REPO_ROOT, copy_project, run, use_small_params
+from tests.conftest import BIN, REPO_ROOT, copy_project, free_port, run, use_small_params
 
 ORDER = [
     "fetch_and_validate",
@@ -101,12 +100,6 @@ def test_dag_end_to_end_then_rerun_skips_data_stages(airflow_db, tmp_path, synth
     assert "epochs: 3" in (root / "dvc.lock").read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_real_airflow_standalone_runs_the_dag(tmp_path, synthetic_bx):
     root = copy_project(tmp_path / "project")
@@ -115,7 +108,7 @@ def test_real_airflow_standalone_runs_the_dag(tmp_path, synthetic_bx):
     home = tmp_path / "airflow-home"
     home.mkdir()
     (home / "passwords.json").write_text(json.dumps({"admin": "test-password"}))
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -130,8 +123,8 @@ def test_real_airflow_standalone_runs_the_dag(tmp_path, synthetic_bx):
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     log = (tmp_path / "standalone.log").open("w")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -14,20 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BIN, build_synthetic_project, run
+from tests.conftest import BIN, build_synthetic_project, free_port, run
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Service:
     def __init__(self, root: Path):
-        self.root, self.port, self.process = root, _free_port(), None
+        self.root, self.port, self.process = root, free_port(), None
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Service:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import BIN, REPO_ROOT
+from tests.conftest import BIN, REPO_ROOT, free_port
 
 pytestmark = pytest.mark.slow
 APP = REPO_ROOT / "dashboard" / "app.py"
@@ -127,12 +126,6 @@ def test_no_production_model_and_unreachable_registry(tmp_path, monkeypatch):
     assert any("cannot be reached" in e.value for e in test.error)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.browser
 def test_browser_renders_recommendations_and_similar_books(trained_project, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -140,7 +133,7 @@ def test_browser_renders_recommendations_and_similar_books(trained_project, tmp_
         pytest.skip("Debian's chromium is not installed (make test installs it when run as root)")
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "BOOKREC_ROOT": str(trained_project),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from pipeline import io, registry, stages, tracking
 from pipeline.config import Workspace
-from tests.conftest import BIN, build_synthetic_project, mlflow_env, run
+from tests.conftest import BIN, build_synthetic_project, free_port, mlflow_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -177,14 +176,8 @@ def test_faults_leave_production_where_it_was(project, client, tmp_path):
     assert str(registry.production_version(client).version) == production
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_invocations(project):
-    port = _free_port()
+    port = free_port()
     env = {**mlflow_env(project), "PATH": f"{BIN}:/usr/bin:/bin"}
     server = subprocess.Popen(
         [

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import BIN, REPO_ROOT, copy_project, run, use_small_params
+from tests.conftest import BIN, REPO_ROOT, copy_project, free_port, run, use_small_params
 
 COMPOSE = REPO_ROOT / "docker-compose.yaml"
 ONE_SHOT = {"minio-init", "airflow-init"}
@@ -153,12 +152,6 @@ def test_dockerfile_passes_hadolint():
 # The same services, for real, without containers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait(url: str, timeout: float, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -185,7 +178,7 @@ def postgres_and_redis(tmp_path):
     base = Path(tempfile.mkdtemp(prefix="bookrec-pg-"))
     base.chmod(0o777)
     data = base / "data"
-    pg_port, redis_port = _free_port(), _free_port()
+    pg_port, redis_port = free_port(), free_port()
 
     def as_postgres(command: str) -> None:
         argv = (
@@ -263,7 +256,7 @@ def test_training_dag_through_celery_postgres_and_mlflow_server(tmp_path, synthe
         )
 
     base_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "BOOKREC_ROOT": str(root)}
-    mlflow_port, api_port = _free_port(), _free_port()
+    mlflow_port, api_port = free_port(), free_port()
     mlflow_url = f"http://127.0.0.1:{mlflow_port}"
     start(
         "mlflow",
@@ -309,8 +302,8 @@ def test_training_dag_through_celery_postgres_and_mlflow_server(tmp_path, synthe
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
     }
     try:
         _wait(f"{mlflow_url}/health", 90, logs / "mlflow.log")
