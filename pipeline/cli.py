@@ -88,7 +88,6 @@ def data_fetch(
     from pipeline.versioning import track_raw_data
 
     ws, _ = _workspace()
-    ensure_export(ws.feedback)
     manifest = fetch(
         ws.raw,
         ws.cache,
@@ -97,6 +96,7 @@ def data_fetch(
         show_progress=sys.stderr.isatty(),
         allow_modified=allow_modified,
     )
+    ensure_export(ws.feedback)
     changed = track_raw_data(ws.root)
     state = "already present and verified" if manifest.get("unchanged") else "fetched and verified"
     typer.echo(f"{ws.raw}: {state} ({manifest['variant']} from {manifest['source']})")

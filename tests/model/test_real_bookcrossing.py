@@ -61,7 +61,8 @@ def test_short_real_training_run_learns(real_trained, real_metrics):
     # two epochs of a small model: far above random and popularity's catalog coverage, below the baselines
     assert ncf["ndcg@10"] > 20 * real_metrics["random"]["ndcg@10"]
     assert ncf["coverage@10"] > 10 * real_metrics["popularity"]["coverage@10"]
-    assert summary["negative_collision_rate"] < 0.01  # 35,469 books, ~27 per reader: collisions are rare
+    # 35,469 books, ~27 per reader: even popularity-weighted draws rarely hit a positive (and are redrawn)
+    assert summary["negative_collision_rate"] < 0.05
 
 
 def test_real_end_to_end_through_the_registry(real_trained, real_metrics):
