@@ -30,26 +30,41 @@ VARIANTS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--variants", nargs="+", default=["full", "no_side_features"], choices=sorted(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=["full", "no_side_features"], choices=sorted(VARIANTS)
+    )
     args = parser.parse_args()
     ws, params = Workspace.load(ROOT)
     items = io.read_parquet(ws.processed / "items.parquet")
     users = io.read_parquet(ws.processed / "users.parquet", columns=["user_idx"])
     test = EvaluationData.build(stages.load_splits(ws), items, len(users), "test")
     scratch = ROOT / "reports" / "ablation"
-    print(f"{'variant':<18}{'val NDCG@10':>12}{'test NDCG@10':>13}{'Recall@10':>10}{'coverage':>9}{'pers.':>7}{'s to best':>10}")
+    print(
+        f"{'variant':<18}{'val NDCG@10':>12}{'test NDCG@10':>13}{'Recall@10':>10}{'coverage':>9}{'pers.':>7}{'s to best':>10}"
+    )
     try:
         for name in args.variants:
             folder = scratch / name
-            variant_ws = Workspace(ws.root, ws.paths.model_copy(update={
-                "model": str((folder / "model").relative_to(ROOT)), "reports": str(folder.relative_to(ROOT))}))
+            variant_ws = Workspace(
+                ws.root,
+                ws.paths.model_copy(
+                    update={
+                        "model": str((folder / "model").relative_to(ROOT)),
+                        "reports": str(folder.relative_to(ROOT)),
+                    }
+                ),
+            )
             variant = params.model_copy(update={"train": params.train.model_copy(update=VARIANTS[name])})
             summary = stages.train(variant_ws, variant, show_progress=False)
             bundle = load_bundle(variant_ws.model)
-            model = NCFRecommender(bundle.model, bundle.user_feature_tensor(), bundle.item_feature_tensor(), test.train)
+            model = NCFRecommender(
+                bundle.model, bundle.user_feature_tensor(), bundle.item_feature_tensor(), test.train
+            )
             at10 = evaluate(model, test, ks=(10,), curve_max_k=10, batch_size=256).metrics["@10"]
-            print(f"{name:<18}{summary['val_ndcg_at_10']:>12.4f}{at10['ndcg']:>13.4f}{at10['recall']:>10.4f}"
-                  f"{at10['coverage']:>9.3f}{at10['personalization']:>7.3f}{summary['seconds_to_best']:>10.0f}")
+            print(
+                f"{name:<18}{summary['val_ndcg_at_10']:>12.4f}{at10['ndcg']:>13.4f}{at10['recall']:>10.4f}"
+                f"{at10['coverage']:>9.3f}{at10['personalization']:>7.3f}{summary['seconds_to_best']:>10.0f}"
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

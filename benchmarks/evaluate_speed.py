@@ -27,21 +27,29 @@ def main() -> None:
     started = time.perf_counter()
     data = EvaluationData.build(stages.load_splits(ws), items, len(users), "test")
     print(f"evaluation data (matrices, TF-IDF of {len(items)} books): {time.perf_counter() - started:.1f} s")
-    print(f"{'model':<16}{'fit s':>8}{'evaluate s':>12}{'of which ranking s':>20}{'users':>8}{'NDCG@10':>9}")
-    for name, options in params.evaluate.baselines().items():
+    candidates = {
+        name: (lambda name=name, options=options: make_baseline(name, **options).fit(data.train))
+        for name, options in params.evaluate.baselines().items()
+    }
+    if (ws.model / "weights.safetensors").is_file():
+        from pipeline.bundle import load_bundle
+        from pipeline.recommend import NCFRecommender
+
+        bundle = load_bundle(ws.model)
+        features = (bundle.user_feature_tensor(), bundle.item_feature_tensor())
+        candidates = {
+            "ncf (trained)": lambda: NCFRecommender(bundle.model, *features, data.train)
+        } | candidates
+    print(f"{'model':<20}{'fit s':>8}{'evaluate s':>12}{'of which ranking s':>20}{'users':>8}{'NDCG@10':>9}")
+    for name, build in candidates.items():
         started = time.perf_counter()
-        model = make_baseline(name, **options).fit(data.train)
+        model = build()
         fitted = time.perf_counter() - started
         started = time.perf_counter()
-        report = evaluate(
-            model,
-            data,
-            params.evaluate.ks,
-            params.evaluate.curve_max_k,
-            batch_size=params.evaluate.batch_size,
-        )
+        batch = 256 if name.startswith("ncf") else params.evaluate.batch_size  # NCF scores through its MLP
+        report = evaluate(model, data, params.evaluate.ks, params.evaluate.curve_max_k, batch_size=batch)
         print(
-            f"{name:<16}{fitted:>8.1f}{time.perf_counter() - started:>12.1f}{report.seconds['rank']:>20.1f}"
+            f"{name:<20}{fitted:>8.1f}{time.perf_counter() - started:>12.1f}{report.seconds['rank']:>20.1f}"
             f"{report.seconds['users']:>8}{report.metrics['@10']['ndcg']:>9.4f}"
         )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

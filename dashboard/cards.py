@@ -38,15 +38,15 @@ def _text(value) -> str:
 
 def placeholder_svg(title: str, author: str, isbn: str) -> str:
     hue = int(hashlib.sha256(isbn.encode()).hexdigest()[:4], 16) % 360
-    lines = textwrap.wrap(title, 16)[:5] or ["(untitled)"]
+    lines = textwrap.wrap(title, 14)[:6] or ["(untitled)"]
     title_svg = "".join(
-        f'<text x="60" y="{48 + 17 * i}" font-size="13" font-weight="bold" text-anchor="middle" fill="#fff">'
+        f'<text x="60" y="{40 + 16 * i}" font-size="12" font-weight="bold" text-anchor="middle" fill="#fff">'
         f"{xml_escape(line)}</text>"
         for i, line in enumerate(lines)
     )
     author_svg = "".join(
         f'<text x="60" y="{150 + 14 * i}" font-size="11" text-anchor="middle" fill="#f5f5f5">{xml_escape(line)}</text>'
-        for i, line in enumerate(textwrap.wrap(author, 18)[:2])
+        for i, line in enumerate(textwrap.wrap(author, 17)[:2])
     )
     return (
         '<svg xmlns="http://www.w3.org/2000/svg" width="120" height="180" viewBox="0 0 120 180">'

@@ -24,6 +24,35 @@ EXCLUDE_MODES = ("all", "train")
 MAX_K = 200
 
 
+def other_editions(items: pd.DataFrame) -> sp.csr_matrix:
+    """(items x items) links between different ISBNs of the same book: same author and the same title
+    once edition notes in parentheses, case and punctuation are set aside."""
+
+    def key(values: pd.Series) -> pd.Series:
+        return (
+            values.fillna("")
+            .str.lower()
+            .str.replace(r"\([^)]*\)", " ", regex=True)
+            .str.replace(r"[^\w]+", " ", regex=True)
+            .str.split()
+            .str.join(" ")
+        )
+
+    work = key(items["title"]) + "|" + key(items["author"])
+    work = work.where(key(items["title"]) != "")
+    codes, _ = pd.factorize(work)  # -1 for books without a title
+    rows, cols = [], []
+    for members in pd.Series(np.arange(len(items))).groupby(codes).groups.values():
+        members = np.asarray(members)
+        if len(members) > 1 and codes[members[0]] >= 0:
+            rows.append(np.repeat(members, len(members)))
+            cols.append(np.tile(members, len(members)))
+    if not rows:
+        return sp.csr_matrix((len(items), len(items)), dtype=np.int8)
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    return sp.csr_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(len(items), len(items)))
+
+
 def _text(value) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -53,6 +82,7 @@ class BookRecommender:
         self.user_index = pd.Series(np.arange(len(bundle.users)), index=bundle.users["user_id"].astype(str))
         self.item_index = pd.Series(np.arange(len(bundle.items)), index=bundle.items["isbn"].astype(str))
         self.isbns = bundle.items["isbn"].astype(str).to_numpy(dtype=object)
+        self._editions = other_editions(bundle.items)
         self._records = [
             {
                 "isbn": str(row.isbn),
@@ -235,7 +265,10 @@ class BookRecommender:
                 rows.append(unknown)
                 features.append(self._features_for([reader])[0])
             histories.append(np.unique(np.concatenate([history, extra]).astype(np.int64)))
-            excluded.append(np.unique(np.concatenate([seen, extra, also_excluded]).astype(np.int64)))
+            known = np.concatenate([seen, extra, also_excluded]).astype(np.int64)
+            if exclude == "all":  # a reader who read one edition of a book has read the book
+                known = np.concatenate([known, self._editions[known].indices])
+            excluded.append(np.unique(known))
         if not rows:
             return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)
         scores = self.score_readers(np.asarray(rows), torch.stack(features), histories, exclude)
