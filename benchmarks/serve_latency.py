@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -62,32 +61,44 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _client(args: tuple[str, int, list[str], int]) -> tuple[list[float], int]:
+    """One client process: `count` sequential GETs on one keep-alive connection."""
+    import http.client
+
+    host_port, offset, users, count = args
+    host, port = host_port.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    timings, errors = [], 0
+    for i in range(count):
+        user = users[(offset * count + i) % len(users)]
+        started = time.perf_counter()
+        connection.request("GET", f"/recommendations/{user}?k=10")
+        response = connection.getresponse()
+        response.read()
+        timings.append(time.perf_counter() - started)
+        errors += response.status != 200
+    connection.close()
+    return timings, errors
+
+
 def generate_load(url: str, users: list[str], concurrency: int, total: int, process: psutil.Process):
-    """`total` GET /recommendations split over `concurrency` client threads; timings, errors, seconds, peak RSS."""
-    per_worker = total // concurrency
-    results: list[tuple[list[float], int]] = []
+    """`total` GET /recommendations from `concurrency` client processes (separate processes, so that
+    the clients do not queue behind one another on a GIL); timings, errors, seconds, peak RSS."""
+    from multiprocessing import get_context
 
-    def worker(offset: int) -> None:
-        local, bad = [], 0
-        with httpx.Client(base_url=url, timeout=30) as client:
-            for i in range(per_worker):
-                user = users[(offset * per_worker + i) % len(users)]
-                started = time.perf_counter()
-                response = client.get(f"/recommendations/{user}", params={"k": 10})
-                local.append(time.perf_counter() - started)
-                bad += response.status_code != 200
-        results.append((local, bad))  # list.append is atomic under the GIL
-
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
-    peak_rss, started = 0, time.perf_counter()
-    for thread in threads:
-        thread.start()
-    while any(t.is_alive() for t in threads):
-        peak_rss = max(peak_rss, process.memory_info().rss)
-        time.sleep(0.2)
-    elapsed = time.perf_counter() - started
+    host_port = url.removeprefix("http://")
+    per_client = total // concurrency
+    peak_rss = 0
+    with get_context("spawn").Pool(concurrency) as pool:
+        started = time.perf_counter()
+        pending = pool.map_async(_client, [(host_port, c, users, per_client) for c in range(concurrency)])
+        while not pending.ready():
+            peak_rss = max(peak_rss, process.memory_info().rss)
+            pending.wait(0.2)
+        elapsed = time.perf_counter() - started
+        results = pending.get()
     timings = [t for local, _ in results for t in local]
-    return timings, sum(bad for _, bad in results), elapsed, peak_rss
+    return timings, sum(errors for _, errors in results), elapsed, peak_rss
 
 
 def over_http(root: Path, users: list[str], total: int) -> None:
