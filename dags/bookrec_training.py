@@ -118,19 +118,24 @@ moves `production` only when every check of the gate passes. To re-run from a fa
 )
 def bookrec_training():
     @task(
-        doc_md="Fetch the raw Book-Crossing files if missing, verify their SHA-256, record data/raw in DVC."
+        doc_md="Fetch the raw Book-Crossing files if missing and verify their SHA-256; export the live "
+        "feedback stored by the API and the dashboard next to them; record data/raw in DVC."
     )
     def fetch_and_validate() -> dict:
         from pipeline.config import Workspace
-        from pipeline.livefeed import ensure_export
+        from pipeline.livefeed import FeedbackStore, export_to_raw
         from pipeline.rawdata import fetch
         from pipeline.versioning import track_raw_data
 
         ws, _ = Workspace.load(ROOT)
         manifest = fetch(ws.raw, ws.cache, show_progress=False)
-        ensure_export(ws.feedback)
-        track_raw_data(ROOT)
-        return {"variant": manifest["variant"], "unchanged": bool(manifest.get("unchanged"))}
+        interactions = export_to_raw(FeedbackStore.for_root(ROOT), ws.feedback)
+        changed = track_raw_data(ROOT)
+        return {
+            "variant": manifest["variant"],
+            "feedback_interactions": interactions,
+            "raw_data_changed": changed,
+        }
 
     @task(doc_md="DVC stage `ingest`: exact parsing and validation; unusable rows quarantined.")
     def ingest(_: dict) -> dict:

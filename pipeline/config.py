@@ -153,6 +153,10 @@ class TrainParams(Section):
         return self
 
 
+class ServeParams(Section):
+    ann_threshold: int = Field(ge=0)
+
+
 class GateParams(Section):
     ndcg_tolerance: float = Field(ge=0)
     min_coverage: float = Field(ge=0, le=1)
@@ -168,6 +172,7 @@ class Params(Section):
     features: FeatureParams
     train: TrainParams
     evaluate: EvaluateParams
+    serve: ServeParams
     gate: GateParams
 
 

@@ -166,6 +166,7 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
         "protocol": "bx-implicit-v1",
         "feature_hash": spec["hash"],
         "age_range": [params.ingest.min_age, params.ingest.max_age],
+        "ann_threshold": params.serve.ann_threshold,
         "train_params": params.train.model_dump(mode="json"),
         "best_epoch": history.best_epoch,
         "best_validation_ndcg_at_10": history.best_validation_ndcg,

@@ -53,6 +53,18 @@ def other_editions(items: pd.DataFrame) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(len(items), len(items)))
 
 
+def ann_index(vectors: np.ndarray):
+    """An HNSW index (hnswlib) over unit vectors: inner product is cosine similarity. Used for similar
+    books once the catalog outgrows exact search (the `serve.ann_threshold` of params.yaml)."""
+    import hnswlib
+
+    index = hnswlib.Index(space="ip", dim=vectors.shape[1])
+    index.init_index(max_elements=len(vectors), ef_construction=200, M=16, random_seed=42)
+    index.add_items(vectors, np.arange(len(vectors)), num_threads=1)
+    index.set_ef(200)
+    return index
+
+
 def _text(value) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -115,7 +127,9 @@ class BookRecommender:
         self._item_vectors = self.engines["all"].item_vectors()
         self._normalised = self._item_vectors / np.maximum(
             np.linalg.norm(self._item_vectors, axis=1, keepdims=True), 1e-12
-        )
+        ).astype(np.float32)
+        threshold = bundle.metadata.get("ann_threshold", 100_000)
+        self._ann = ann_index(self._normalised) if bundle.n_items > threshold else None
 
     @classmethod
     def from_folder(cls, folder) -> BookRecommender:
@@ -305,6 +319,18 @@ class BookRecommender:
 
     def rank_similar(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = self._validate_k(k)
+        if self._ann is not None:
+            labels, distances = self._ann.knn_query(
+                self._normalised[queries], k=min(k + 1, self.bundle.n_items)
+            )
+            ids = np.full((len(queries), k), -1, dtype=np.int64)
+            scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+            for row, query in enumerate(queries):
+                keep = labels[row] != query  # a book is never its own neighbour
+                found = labels[row][keep][:k]
+                ids[row, : len(found)] = found
+                scores[row, : len(found)] = 1.0 - distances[row][keep][:k]
+            return ids, scores
         similarity = self._normalised[queries] @ self._normalised.T
         similarity[np.arange(len(queries)), queries] = -np.inf
         return top_k(similarity, k)

@@ -195,3 +195,20 @@ def test_config_round_trip_and_ablation_switches():
     model = NCF(config)
     assert model.history_terms(torch.zeros(1, 4).to_sparse()) is None
     assert not any("features" in name for name, _ in model.named_parameters())
+
+
+def test_similar_books_through_the_ann_index_match_exact_search(trained_project):
+    """Above `serve.ann_threshold` books, similar books come from an HNSW index: same neighbours here."""
+    from pipeline.bundle import load_bundle
+    from pipeline.serving.service import BookRecommender
+
+    exact = BookRecommender(load_bundle(trained_project / "models" / "ncf"))
+    bundle = load_bundle(trained_project / "models" / "ncf")
+    bundle.metadata["ann_threshold"] = 0
+    approximate = BookRecommender(bundle)
+    assert exact._ann is None and approximate._ann is not None
+    isbns = exact.items["isbn"].head(20).tolist()
+    a, b = exact.similar_books(isbns, 5), approximate.similar_books(isbns, 5)
+    overlap = (a["similar_isbn"] == b["similar_isbn"]).mean()
+    assert overlap > 0.95 and not (b["isbn"] == b["similar_isbn"]).any()
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-4, rtol=0)
