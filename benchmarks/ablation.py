@@ -1,5 +1,6 @@
 """Ablation of the NCF's parts on the full bx-implicit-v1 split: the params.yaml model against the same
-model without side features, without the history term, and without the MLP tower's say.
+model without side features or without the history term, each with and without its ItemKNN
+neighbourhood term (whose weight every variant chooses on validation, like the train stage).
 
     python benchmarks/ablation.py [--variants full no_side_features no_history]
 
@@ -40,7 +41,8 @@ def main() -> None:
     test = EvaluationData.build(stages.load_splits(ws), items, len(users), "test")
     scratch = ROOT / "reports" / "ablation"
     print(
-        f"{'variant':<18}{'val NDCG@10':>12}{'test NDCG@10':>13}{'Recall@10':>10}{'coverage':>9}{'pers.':>7}{'s to best':>10}"
+        f"{'variant':<30}{'val NDCG@10':>12}{'test NDCG@10':>13}{'Recall@10':>10}{'coverage':>9}"
+        f"{'pers.':>7}{'s to best':>10}"
     )
     try:
         for name in args.variants:
@@ -57,14 +59,24 @@ def main() -> None:
             variant = params.model_copy(update={"train": params.train.model_copy(update=VARIANTS[name])})
             summary = stages.train(variant_ws, variant, show_progress=False)
             bundle = load_bundle(variant_ws.model)
-            model = NCFRecommender(
-                bundle.model, bundle.user_feature_tensor(), bundle.item_feature_tensor(), test.train
-            )
-            at10 = evaluate(model, test, ks=(10,), curve_max_k=10, batch_size=256).metrics["@10"]
-            print(
-                f"{name:<18}{summary['val_ndcg_at_10']:>12.4f}{at10['ndcg']:>13.4f}{at10['recall']:>10.4f}"
-                f"{at10['coverage']:>9.3f}{at10['personalization']:>7.3f}{summary['seconds_to_best']:>10.0f}"
-            )
+            features = bundle.user_feature_tensor(), bundle.item_feature_tensor()
+            rows = [(name, summary["val_ndcg_at_10"], None)]
+            if bundle.neighbourhood is not None:
+                weight = bundle.neighbourhood.weight
+                rows.append(
+                    (f"{name} + ItemKNN x {weight:g}", summary["val_ndcg_at_10_with_neighbourhood"], bundle)
+                )
+            for label, validation_ndcg, blended in rows:
+                model = NCFRecommender(
+                    bundle.model, *features, test.train, neighbourhood=blended and blended.neighbourhood
+                )
+                at10 = evaluate(model, test, ks=(10,), curve_max_k=10, batch_size=256).metrics["@10"]
+                print(
+                    f"{label:<30}{validation_ndcg:>12.4f}{at10['ndcg']:>13.4f}{at10['recall']:>10.4f}"
+                    f"{at10['coverage']:>9.3f}{at10['personalization']:>7.3f}"
+                    f"{summary['seconds_to_best']:>10.0f}",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

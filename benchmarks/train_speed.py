@@ -62,6 +62,11 @@ def main() -> None:
         f"reached after {summary['seconds_to_best']:.1f} s; {len(epochs)} epochs in {summary['seconds_total']:.1f} s "
         f"(stage total incl. loading and saving {total:.1f} s); stopped: {summary['stopped_because']}"
     )
+    print(
+        f"ItemKNN neighbourhood term: weight {summary['neighbourhood_weight']:g} chosen on validation "
+        f"(val NDCG@10 {summary['val_ndcg_at_10_with_neighbourhood']:.4f}), "
+        f"fitted and chosen in {summary['seconds_neighbourhood']:.1f} s after training"
+    )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

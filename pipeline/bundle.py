@@ -13,16 +13,19 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline import io
 from pipeline.features import ITEM_FEATURES, USER_FEATURES, FeatureVocabulary
 from pipeline.model import NCF, NCFConfig
+from pipeline.recommend import Neighbourhood
 
 WEIGHTS, CONFIG, METADATA = "weights.safetensors", "model_config.json", "metadata.json"
 USERS, ITEMS, INTERACTIONS = "users.parquet", "items.parquet", "interactions.parquet"
 VOCABULARY, FEATURE_SPEC, HISTORY = "vocabulary.json", "feature_spec.json", "history.json"
 FILES = (WEIGHTS, CONFIG, METADATA, USERS, ITEMS, INTERACTIONS, VOCABULARY, FEATURE_SPEC, HISTORY)
+NEIGHBOURHOOD = "neighbourhood.safetensors"  # optional: models trained without the ItemKNN term lack it
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 
 
@@ -39,11 +42,14 @@ def save_bundle(
     vocabulary: FeatureVocabulary,
     history: dict,
     metadata: dict,
+    neighbourhood: Neighbourhood | None = None,
 ) -> None:
     """Write every file into `folder` (the caller makes the folder swap atomic)."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS))
+    if neighbourhood is not None:
+        save_neighbourhood(folder / NEIGHBOURHOOD, neighbourhood)
     io.write_json(model.config.to_json(), folder / CONFIG)
     io.write_parquet(users, folder / USERS)
     io.write_parquet(items, folder / ITEMS)
@@ -65,8 +71,9 @@ def save_bundle(
 def fingerprint(folder: Path) -> str:
     """Identity of a trained model: its weights, config and the interactions it knows."""
     digest = hashlib.sha256()
-    for name in (WEIGHTS, CONFIG, INTERACTIONS):
-        digest.update(io.sha256_file(folder / name).encode())
+    for name in (WEIGHTS, CONFIG, INTERACTIONS, NEIGHBOURHOOD):
+        if name != NEIGHBOURHOOD or (folder / name).is_file():
+            digest.update(io.sha256_file(folder / name).encode())
     return digest.hexdigest()[:20]
 
 
@@ -79,6 +86,7 @@ class Bundle:
     vocabulary: FeatureVocabulary
     metadata: dict
     history: dict
+    neighbourhood: Neighbourhood | None = None
 
     @property
     def n_users(self) -> int:
@@ -131,6 +139,7 @@ def load_bundle(folder: Path) -> Bundle:
         )
     return Bundle(
         model=model,
+        neighbourhood=load_neighbourhood(folder / NEIGHBOURHOOD, config.n_items),
         users=users,
         items=items,
         interactions=io.read_parquet(folder / INTERACTIONS),
@@ -138,3 +147,34 @@ def load_bundle(folder: Path) -> Bundle:
         metadata=io.read_json(folder / METADATA),
         history=io.read_json(folder / HISTORY),
     )
+
+
+def save_neighbourhood(path: Path, neighbourhood: Neighbourhood) -> None:
+    """The similarity matrix as CSR arrays and its weight as metadata, in one safetensors file."""
+    similarity = neighbourhood.similarity.tocsr()
+    save_file(
+        {
+            "indptr": torch.from_numpy(similarity.indptr.astype(np.int64)),
+            "indices": torch.from_numpy(similarity.indices.astype(np.int64)),
+            "values": torch.from_numpy(similarity.data.astype(np.float32)),
+        },
+        str(path),
+        metadata={"weight": repr(float(neighbourhood.weight))},
+    )
+
+
+def load_neighbourhood(path: Path, n_items: int) -> Neighbourhood | None:
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as stored:
+            weight = float(stored.metadata()["weight"])
+            arrays = {name: stored.get_tensor(name).numpy() for name in ("indptr", "indices", "values")}
+        similarity = sp.csr_matrix(
+            (arrays["values"], arrays["indices"], arrays["indptr"]), shape=(n_items, n_items)
+        )
+    except Exception as err:
+        raise BundleError(
+            f"{path}: cannot load the neighbourhood term ({type(err).__name__}: {err})"
+        ) from err
+    return Neighbourhood(similarity, weight)

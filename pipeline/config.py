@@ -83,6 +83,16 @@ class BM25KNNParams(Section):
     b: float = Field(ge=0, le=1)
 
 
+class NeighbourhoodParams(BM25KNNParams):
+    weights: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _weights(self) -> NeighbourhoodParams:
+        if not self.weights or any(w < 0 for w in self.weights):
+            raise ValueError("neighbourhood.weights needs at least one weight, none negative")
+        return self
+
+
 class CosineKNNParams(Section):
     neighbours: int = Field(ge=1)
 
@@ -143,6 +153,7 @@ class TrainParams(Section):
     patience: int = Field(ge=1)
     early_stopping_users: int = Field(ge=0)
     max_seconds: float = Field(ge=0)
+    neighbourhood: NeighbourhoodParams
 
     @model_validator(mode="after")
     def _mlp_layers(self) -> TrainParams:

@@ -8,6 +8,7 @@ of the model's item vectors.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,6 +40,45 @@ def mask_rows(scores: np.ndarray, users: np.ndarray, exclude: sp.csr_matrix) -> 
     batch_rows = np.repeat(np.arange(len(users)), np.diff(rows.indptr))
     scores[batch_rows, rows.indices] = -np.inf
     return scores
+
+
+def standardise_rows(scores: np.ndarray) -> np.ndarray:
+    """Each row shifted to mean 0 and scaled to standard deviation 1 (a constant row becomes all zeros)."""
+    centred = scores - scores.mean(axis=1, keepdims=True)
+    spread = centred.std(axis=1, keepdims=True)
+    return np.divide(centred, spread, out=np.zeros_like(centred), where=spread > 0)
+
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """An item-item neighbourhood term next to a learned model (Koren 2008, "Factorization meets the
+    neighborhood"): score = z(model) + weight * z(sum of similarities of each book to the reader's books),
+    both standardised per reader so that one weight fits readers with short and long histories.
+
+    The similarities are BM25-weighted ItemKNN fitted on the training split; the weight is chosen on
+    validation. A reader with no history gets a constant neighbourhood row, so only the model ranks.
+    """
+
+    similarity: sp.csr_matrix  # (n_items, n_items), row j: the books similar to book j
+    weight: float
+
+    def scores(self, history_rows: sp.csr_matrix) -> np.ndarray:
+        return np.asarray((history_rows @ self.similarity).todense(), dtype=np.float32)
+
+    def blend(self, model_scores: np.ndarray, history_rows: sp.csr_matrix) -> np.ndarray:
+        if self.weight == 0:
+            return model_scores
+        return standardise_rows(model_scores) + self.weight * standardise_rows(self.scores(history_rows))
+
+
+def history_rows(histories: list, n_items: int) -> sp.csr_matrix:
+    """A binary (len(histories), n_items) matrix from lists of item indices."""
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    indices = np.concatenate(histories).astype(np.int64) if len(histories) else np.empty(0, np.int64)
+    return sp.csr_matrix(
+        (np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(histories), n_items)
+    )
 
 
 class Recommender(ABC):
@@ -95,15 +135,23 @@ class NCFRecommender(Recommender):
     """A trained NCF behind the recommender interface.
 
     `history` (users x items) is what the user representation is built from: the train split during
-    evaluation, everything the reader is known to have read when serving.
+    evaluation, everything the reader is known to have read when serving. With a `neighbourhood`, the
+    NCF scores are blended with its item-item term (see `Neighbourhood`).
     """
 
     name = "ncf"
 
     def __init__(
-        self, model, user_features, item_features, history: sp.csr_matrix, seen: sp.csr_matrix | None = None
+        self,
+        model,
+        user_features,
+        item_features,
+        history: sp.csr_matrix,
+        seen: sp.csr_matrix | None = None,
+        neighbourhood: Neighbourhood | None = None,
     ):
         self.model = model
+        self.neighbourhood = neighbourhood
         self.user_features = user_features  # torch (n_users + 1, f) long
         self.item_features = item_features  # torch (n_items + 1, f) long
         self.history = history.tocsr()
@@ -144,8 +192,9 @@ class NCFRecommender(Recommender):
         import torch
 
         with torch.inference_mode():
-            vectors = self.user_vectors_for(users, self.history[users])
-            return self.model.score_all_items(vectors, self.item_cache()).numpy()
+            rows = self.history[users]
+            scores = self.model.score_all_items(self.user_vectors_for(users, rows), self.item_cache()).numpy()
+        return self.neighbourhood.blend(scores, rows) if self.neighbourhood is not None else scores
 
     def item_vectors(self) -> np.ndarray:
         """The GMF item vectors (id and side features) next to the MLP tower's, each normalised."""

@@ -6,6 +6,7 @@ previous outputs exactly as they were.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -116,7 +117,11 @@ def run_name(params: Params, feature_hash: str, when: datetime | None = None) ->
     """Date, key hyperparameters and feature set, e.g. 2026-11-28_ncf-g128-m32x64-lr0.002-n8_f1fd0b3."""
     t = params.train
     layers = "x".join(str(size) for size in t.mlp_layers)
-    flags = ("" if t.use_history else "-nohist") + ("" if t.use_side_features else "-noside")
+    flags = (
+        ("" if t.use_history else "-nohist")
+        + ("" if t.use_side_features else "-noside")
+        + ("-knn" if any(t.neighbourhood.weights) else "")
+    )
     stamp = (when or datetime.now(UTC)).strftime("%Y-%m-%d")
     return (
         f"{stamp}_ncf-g{t.gmf_dim}-m{t.mlp_dim}x{layers}-lr{t.lr:g}-n{t.negatives}{flags}_f{feature_hash[:7]}"
@@ -148,6 +153,14 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
         return float(metrics.accuracy_per_user(top, validation.truth[check_users], 10)["ndcg"].mean())
 
     history = fit(model, data, params.train, validate, show_progress=show_progress)
+    neighbourhood_started = time.perf_counter()
+    neighbourhood, by_weight = choose_neighbourhood(
+        NCFRecommender(model, data.user_features, data.item_features, validation.train),
+        validation,
+        check_users,
+        params.train.neighbourhood,
+    )
+    neighbourhood_seconds = time.perf_counter() - neighbourhood_started
     spec = vocabulary.spec()
     name = run_name(params, spec["hash"])
     user_table = users.merge(
@@ -170,21 +183,65 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
         "train_params": params.train.model_dump(mode="json"),
         "best_epoch": history.best_epoch,
         "best_validation_ndcg_at_10": history.best_validation_ndcg,
+        "neighbourhood_weight": neighbourhood.weight if neighbourhood else 0.0,
+        "validation_ndcg_at_10_by_neighbourhood_weight": {str(w): v for w, v in by_weight.items()},
     }
     with io.atomic_directory(ws.model) as out:
-        save_bundle(out, model, user_table, item_table, splits, vocabulary, history.as_dict(), metadata)
+        save_bundle(
+            out, model, user_table, item_table, splits, vocabulary, history.as_dict(), metadata, neighbourhood
+        )
     summary = {
         "best_epoch": history.best_epoch,
         "val_ndcg_at_10": round(history.best_validation_ndcg, 6),
+        "neighbourhood_weight": neighbourhood.weight if neighbourhood else 0.0,
+        "val_ndcg_at_10_with_neighbourhood": round(max(by_weight.values()), 6)
+        if by_weight
+        else round(history.best_validation_ndcg, 6),
         "epochs_run": len(history.epochs),
         "seconds_to_best": round(history.seconds_to_best, 1),
         "seconds_total": round(history.seconds_total, 1),
         "negative_collision_rate": round(history.sampler_collision_rate, 6),
+        "seconds_neighbourhood": round(neighbourhood_seconds, 1),
     }
     io.write_json(summary, ws.reports / "train_metrics.json")
     with io.atomic_path(ws.reports / "train_curve.csv") as tmp:
         pd.DataFrame(history.epochs).to_csv(tmp, index=False)
     return summary | {"run_name": name, "stopped_because": history.stopped_because}
+
+
+def choose_neighbourhood(ncf, validation, users, settings) -> tuple:
+    """The ItemKNN neighbourhood term for a trained NCF (see `recommend.Neighbourhood`), its weight the
+    best of `settings.weights` by NDCG@10 on the validation users; None when that weight is 0.
+
+    Returns it with the validation NDCG@10 of every candidate weight. Each batch of users is scored
+    once and blended for every weight, so trying more weights costs top-K sorts, not model passes.
+    """
+    import numpy as np
+
+    from pipeline import metrics
+    from pipeline.baselines import ItemKNNRecommender
+    from pipeline.recommend import Neighbourhood, mask_rows, top_k
+
+    weights = sorted(set(settings.weights))
+    if weights == [0.0]:
+        return None, {}
+    knn = ItemKNNRecommender("bm25", neighbours=settings.neighbours, k1=settings.k1, b=settings.b)
+    similarity = knn.fit(validation.train).similarity
+    tops: dict[float, list] = {w: [] for w in weights}
+    for start in range(0, len(users), 512):
+        batch = users[start : start + 512]
+        model_scores = ncf.score_users(batch)
+        rows = validation.train[batch]
+        for weight in weights:
+            blended = Neighbourhood(similarity, weight).blend(model_scores, rows)
+            tops[weight].append(top_k(mask_rows(blended.copy(), batch, validation.exclude), 10)[0])
+    truth = validation.truth[users]
+    by_weight = {
+        w: float(metrics.accuracy_per_user(np.concatenate(t), truth, 10)["ndcg"].mean())
+        for w, t in tops.items()
+    }
+    best = max(weights, key=lambda w: (by_weight[w], -w))  # ties go to the smaller weight
+    return (Neighbourhood(similarity, best) if best > 0 else None), by_weight
 
 
 def evaluate(ws: Workspace, params: Params) -> dict:
@@ -203,8 +260,15 @@ def evaluate(ws: Workspace, params: Params) -> dict:
         load_splits(ws), items, len(users), "test", user_cohorts(ws, settings.cohort_top_countries)
     )
     bundle = load_bundle(ws.model)
-    ncf = NCFRecommender(bundle.model, bundle.user_feature_tensor(), bundle.item_feature_tensor(), data.train)
+    features = bundle.user_feature_tensor(), bundle.item_feature_tensor()
+    ncf = NCFRecommender(bundle.model, *features, data.train, neighbourhood=bundle.neighbourhood)
     reports = {"ncf": evaluate_model(ncf, data, settings.ks, settings.curve_max_k, batch_size=256)}
+    if bundle.neighbourhood is not None:
+        # The same network without its ItemKNN term: what the neural part alone contributes.
+        alone = NCFRecommender(bundle.model, *features, data.train)
+        reports["ncf_without_neighbourhood"] = evaluate_model(
+            alone, data, settings.ks, settings.curve_max_k, batch_size=256
+        )
     for name, options in settings.baselines().items():
         model = make_baseline(name, **options).fit(data.train)
         reports[name] = evaluate_model(

@@ -96,6 +96,17 @@ class LoggedRun:
     run_name: str
 
 
+def flat_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted keys (`neighbourhood.b`), so that the MLflow UI can compare them."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat |= flat_params(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def log_training_run(
     root: Path,
     run_name: str,
@@ -120,13 +131,14 @@ def log_training_run(
     except Exception as err:
         raise TrackingError(f"MLflow store {tracking_uri(root)} cannot be used: {err}") from err
     with mlflow.start_run(experiment_id=experiment, run_name=run_name) as run:
-        mlflow.log_params({key: str(value)[:500] for key, value in params.items()})
+        mlflow.log_params({key: str(value)[:500] for key, value in flat_params(params).items()})
         mlflow.set_tags(tags)
         for row in history:
             step = int(row["epoch"])
             mlflow.log_metrics({key: float(value) for key, value in row.items() if key != "epoch"}, step=step)
         for model, values in metrics.items():
-            prefix = "" if model == model_name else f"baseline.{model}."
+            kind = "ablation" if model.startswith(f"{model_name}_") else "baseline"  # ncf_without_...
+            prefix = "" if model == model_name else f"{kind}.{model}."
             mlflow.log_metrics({prefix + mlflow_name(key): float(value) for key, value in values.items()})
         for path in artifacts:
             if path.is_dir():

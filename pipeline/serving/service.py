@@ -18,7 +18,7 @@ import torch
 
 from pipeline.bundle import Bundle, load_bundle
 from pipeline.ingest import split_location
-from pipeline.recommend import NCFRecommender, Recommender, top_k
+from pipeline.recommend import NCFRecommender, Recommender, history_rows, top_k
 
 EXCLUDE_MODES = ("all", "train")
 MAX_K = 200
@@ -118,9 +118,16 @@ class BookRecommender:
         # "all": the representation and the exclusion use every book the reader is known to have read.
         # "train": exactly the evaluation protocol (history = train, excluded = train + validation).
         self.engines = {
-            "all": NCFRecommender(self.model, user_features, item_features, everything, everything),
+            "all": NCFRecommender(
+                self.model, user_features, item_features, everything, everything, bundle.neighbourhood
+            ),
             "train": NCFRecommender(
-                self.model, user_features, item_features, train, bundle.matrix(("train", "validation"))
+                self.model,
+                user_features,
+                item_features,
+                train,
+                bundle.matrix(("train", "validation")),
+                bundle.neighbourhood,
             ),
         }
         self.engines["train"]._cache = self.engines["all"].item_cache()  # same weights, one item cache
@@ -225,7 +232,10 @@ class BookRecommender:
             users = torch.as_tensor(user_rows, dtype=torch.long)
             terms = self.model.history_terms_from_lists(histories)
             vectors = self.model.user_vectors(users, features, terms)
-            return self.model.score_all_items(vectors, engine.item_cache()).numpy()
+            scores = self.model.score_all_items(vectors, engine.item_cache()).numpy()
+        if self.bundle.neighbourhood is None:
+            return scores
+        return self.bundle.neighbourhood.blend(scores, history_rows(histories, self.bundle.n_items))
 
     def recommend(
         self,

@@ -106,3 +106,45 @@ def test_popularity_ranks_by_training_counts_and_evaluator_slices_cohorts():
     assert report.curve["k"].tolist() == list(range(1, 11))
     assert sum(g["users"] for g in report.cohorts["activity"].values()) == len(data.users_with_truth())
     assert sum(report.popularity_deciles) == pytest.approx(1.0)
+
+
+def test_standardise_rows_by_hand():
+    from pipeline.recommend import standardise_rows
+
+    scores = np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]], dtype=np.float32)
+    # mean 2, population standard deviation sqrt(2/3): (x - 2) / 0.8165
+    np.testing.assert_allclose(standardise_rows(scores)[0], [-1.224745, 0.0, 1.224745], rtol=1e-5)
+    assert standardise_rows(scores)[1].tolist() == [0.0, 0.0, 0.0]  # a constant row carries no ranking
+
+
+def test_neighbourhood_term_blends_standardised_scores_by_hand():
+    from pipeline.recommend import Neighbourhood, history_rows
+
+    # book 0 is similar to book 2 (0.5) and to book 3 (1.0); the reader read book 0
+    similarity = sp.csr_matrix(np.array([[0, 0, 0.5, 1.0], [0, 0, 0, 0], [0.5, 0, 0, 0], [1.0, 0, 0, 0]]))
+    rows = history_rows([np.array([0]), np.array([], dtype=np.int64)], 4)
+    assert rows.toarray().tolist() == [[1, 0, 0, 0], [0, 0, 0, 0]]
+    model_scores = np.array([[0.0, 3.0, 2.0, 1.0], [0.0, 3.0, 2.0, 1.0]], dtype=np.float32)
+    # z(model) = (x - 1.5) / 1.118; z(neighbourhood) = ([0, 0, .5, 1] - .375) / .4146
+    z_model = np.array([-1.341641, 1.341641, 0.447214, -0.447214])
+    z_neighbours = np.array([-0.904534, -0.904534, 0.301511, 1.507557])
+    blended = Neighbourhood(similarity, 1.0).blend(model_scores, rows)
+    np.testing.assert_allclose(blended[0], z_model + z_neighbours, atol=1e-5)
+    assert np.argmax(blended[0]) == 3 and np.argmax(model_scores[0]) == 1  # the term changed the top book
+    # without history the term is constant: the model alone ranks (after standardising)
+    np.testing.assert_allclose(blended[1], z_model, atol=1e-5)
+    assert Neighbourhood(similarity, 0.0).blend(model_scores, rows) is model_scores
+
+
+def test_neighbourhood_round_trips_through_safetensors_and_rejects_a_broken_file(tmp_path):
+    from pipeline.bundle import BundleError, load_neighbourhood, save_neighbourhood
+    from pipeline.recommend import Neighbourhood
+
+    similarity = sp.random(50, 50, density=0.1, format="csr", dtype=np.float32, random_state=0)
+    save_neighbourhood(tmp_path / "n.safetensors", Neighbourhood(similarity, 0.5))
+    loaded = load_neighbourhood(tmp_path / "n.safetensors", 50)
+    assert loaded.weight == 0.5 and (loaded.similarity != similarity).nnz == 0
+    assert load_neighbourhood(tmp_path / "missing.safetensors", 50) is None
+    (tmp_path / "n.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(BundleError, match=r"n\.safetensors"):
+        load_neighbourhood(tmp_path / "n.safetensors", 50)

@@ -63,6 +63,10 @@ def test_short_real_training_run_learns(real_trained, real_metrics):
     assert ncf["coverage@10"] > 10 * real_metrics["popularity"]["coverage@10"]
     # 35,469 books, ~27 per reader: even popularity-weighted draws rarely hit a positive (and are redrawn)
     assert summary["negative_collision_rate"] < 0.05
+    # so weak a network gains from the ItemKNN term on validation, and the blend wins on test too
+    assert summary["neighbourhood_weight"] > 0
+    assert summary["val_ndcg_at_10_with_neighbourhood"] > summary["val_ndcg_at_10"]
+    assert ncf["ndcg@10"] > real_metrics["ncf_without_neighbourhood"]["ndcg@10"]
 
 
 def test_real_end_to_end_through_the_registry(real_trained, real_metrics):

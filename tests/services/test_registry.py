@@ -79,7 +79,11 @@ def test_pyfunc_equals_the_in_process_model_and_reproduces_test_metrics(project)
     from pipeline.recommend import NCFRecommender
 
     engine = NCFRecommender(
-        local.model, local.bundle.user_feature_tensor(), local.bundle.item_feature_tensor(), data.train
+        local.model,
+        local.bundle.user_feature_tensor(),
+        local.bundle.item_feature_tensor(),
+        data.train,
+        neighbourhood=local.bundle.neighbourhood,
     )
     top, _ = engine.recommend(np.arange(25), k=10, exclude=data.exclude)
     through_registry = model.predict(request, params={"exclude": "train"})
