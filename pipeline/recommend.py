@@ -62,13 +62,25 @@ class Neighbourhood:
     similarity: sp.csr_matrix  # (n_items, n_items), row j: the books similar to book j
     weight: float
 
-    def scores(self, history_rows: sp.csr_matrix) -> np.ndarray:
-        return np.asarray((history_rows @ self.similarity).todense(), dtype=np.float32)
+    def scores(self, history_rows: sp.csr_matrix) -> sp.csr_matrix:
+        """(B, n_items) sums of similarities to the books of each history row; sparse, as most are 0."""
+        return (history_rows @ self.similarity).tocsr()
 
     def blend(self, model_scores: np.ndarray, history_rows: sp.csr_matrix) -> np.ndarray:
         if self.weight == 0:
             return model_scores
-        return standardise_rows(model_scores) + self.weight * standardise_rows(self.scores(history_rows))
+        neighbours = self.scores(history_rows)
+        # z(neighbours) without densifying: its row mean and spread come from the non-zeros alone.
+        n_items = model_scores.shape[1]
+        mean = np.asarray(neighbours.sum(axis=1), dtype=np.float64).ravel() / n_items
+        squares = np.asarray(neighbours.multiply(neighbours).sum(axis=1), dtype=np.float64).ravel()
+        spread = np.sqrt(np.maximum(squares / n_items - mean**2, 0.0))
+        scale = np.divide(self.weight, spread, out=np.zeros_like(spread), where=spread > 0)
+        blended = standardise_rows(model_scores)
+        blended -= (scale * mean).astype(np.float32)[:, None]
+        rows = np.repeat(np.arange(neighbours.shape[0]), np.diff(neighbours.indptr))
+        blended[rows, neighbours.indices] += (scale[rows] * neighbours.data).astype(np.float32)
+        return blended
 
 
 def history_rows(histories: list, n_items: int) -> sp.csr_matrix:

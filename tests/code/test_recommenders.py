@@ -148,3 +148,15 @@ def test_neighbourhood_round_trips_through_safetensors_and_rejects_a_broken_file
     (tmp_path / "n.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(BundleError, match=r"n\.safetensors"):
         load_neighbourhood(tmp_path / "n.safetensors", 50)
+
+
+def test_neighbourhood_blend_equals_the_dense_formula_on_random_data():
+    from pipeline.recommend import Neighbourhood, history_rows, standardise_rows
+
+    rng = np.random.default_rng(3)
+    similarity = sp.random(300, 300, density=0.05, format="csr", dtype=np.float32, random_state=4)
+    histories = [rng.choice(300, size=n, replace=False) for n in (0, 1, 7, 40)]
+    rows = history_rows(histories, 300)
+    model_scores = rng.normal(size=(4, 300)).astype(np.float32)
+    dense = standardise_rows(model_scores) + 0.7 * standardise_rows((rows @ similarity).toarray())
+    np.testing.assert_allclose(Neighbourhood(similarity, 0.7).blend(model_scores, rows), dense, atol=1e-4)

@@ -120,12 +120,12 @@ def test_registering_the_same_model_again_creates_no_new_version(project, client
     assert len(registry.list_versions(client)) == before
 
 
-def _retrain_as(project: Path, seed: int, epochs: int, lr: float | None = None) -> None:
+def _retrain_as(project: Path, seed: int, epochs: int, lr: float | None = None, **overrides) -> None:
     from pipeline.config import load_params
 
     ws, params = Workspace.load(project)
     train = params.train.model_copy(
-        update={"seed": seed, "epochs": epochs, "patience": epochs, "lr": lr or params.train.lr}
+        update={"seed": seed, "epochs": epochs, "patience": epochs, "lr": lr or params.train.lr, **overrides}
     )
     params = params.model_copy(update={"train": train})
     stages.train(ws, params, show_progress=False)
@@ -134,7 +134,9 @@ def _retrain_as(project: Path, seed: int, epochs: int, lr: float | None = None) 
 
 def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client):
     production_before = str(registry.production_version(client).version)
-    _retrain_as(project, seed=3, epochs=1, lr=1e-9)  # weights barely move from their random start
+    # weights barely move from their random start, and no ItemKNN term to make up for them
+    no_neighbourhood = Workspace.load(project)[1].train.neighbourhood.model_copy(update={"weights": (0.0,)})
+    _retrain_as(project, seed=3, epochs=1, lr=1e-9, neighbourhood=no_neighbourhood)
     outcome = json.loads(run(["bookrec", "register"], project).stdout)
     assert outcome["gate"] == "refused" and outcome["promoted"] is False
     assert any(reason.startswith("FAIL: ndcg@10") for reason in outcome["reasons"])
