@@ -38,7 +38,10 @@ def main() -> None:
         bundle = load_bundle(ws.model)
         features = (bundle.user_feature_tensor(), bundle.item_feature_tensor())
         candidates = {
-            "ncf (trained)": lambda: NCFRecommender(bundle.model, *features, data.train)
+            "ncf (served)": lambda: NCFRecommender(
+                bundle.model, *features, data.train, neighbourhood=bundle.neighbourhood
+            ),
+            "ncf (network alone)": lambda: NCFRecommender(bundle.model, *features, data.train),
         } | candidates
     print(f"{'model':<20}{'fit s':>8}{'evaluate s':>12}{'of which ranking s':>20}{'users':>8}{'NDCG@10':>9}")
     for name, build in candidates.items():

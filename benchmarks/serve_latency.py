@@ -101,6 +101,17 @@ def generate_load(url: str, users: list[str], concurrency: int, total: int, proc
     return timings, sum(errors for _, errors in results), elapsed, peak_rss
 
 
+def mean_batch_size(url: str) -> float:
+    """Mean number of requests the server scored together, from its Prometheus metrics."""
+    values = {}
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(("bookrec_rank_batch_size_sum", "bookrec_rank_batch_size_count")):
+            name, value = line.split()
+            values[name] = float(value)
+    count = values.get("bookrec_rank_batch_size_count", 0.0)
+    return values.get("bookrec_rank_batch_size_sum", 0.0) / count if count else 0.0
+
+
 def over_http(root: Path, users: list[str], total: int) -> None:
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
@@ -125,9 +136,11 @@ def over_http(root: Path, users: list[str], total: int) -> None:
         for concurrency in (1, 8):
             timings, errors, elapsed, rss = generate_load(url, users, concurrency, total, process)
             peak = max(peak, rss)
+            batched = mean_batch_size(url)
             print(
                 f"HTTP recommendations, concurrency {concurrency}: {percentiles(timings)}   "
-                f"{len(timings) / elapsed:7.1f} req/s   errors {errors}"
+                f"{len(timings) / elapsed:7.1f} req/s   errors {errors}   "
+                f"mean batch so far {batched:.2f} requests"
             )
         print(f"server peak RSS: {peak / 2**20:.0f} MiB")
     finally:

@@ -6,7 +6,9 @@ never wait and never fail during a swap. A posted interaction is committed to th
 before the response, and the reader's next recommendations fold it in.
 
 The scoring endpoints are `async`: a request is a few milliseconds of CPU, and running them on the
-event loop (instead of a thread pool fighting over the GIL) doubled throughput on 2 cores.
+event loop (instead of a thread pool fighting over the GIL) doubled throughput on 2 cores. Requests
+that queue up under concurrency are scored together (`batching.RankBatcher`): one pass over the item
+matrix for the whole batch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.livefeed import FeedbackStore
+from pipeline.serving.batching import RankBatcher
 from pipeline.serving.service import MAX_K, BookRecommender, Reader, UnknownBookError
 
 log = logging.getLogger("bookrec.api")
@@ -216,6 +219,14 @@ def create_app(
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     )
 
+    batch_sizes = Histogram(
+        "bookrec_rank_batch_size",
+        "Recommendation requests scored together",
+        registry=metrics_registry,
+        buckets=(1, 2, 4, 8, 16, 32),
+    )
+    batcher = RankBatcher(observe_batch_size=batch_sizes.observe)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         import torch
@@ -228,6 +239,7 @@ def create_app(
         if start_polling:
             holder.start()
         yield
+        batcher.stop()
         holder.stop()
 
     app = FastAPI(
@@ -263,14 +275,14 @@ def create_app(
         """Top-k books for a reader; a reader the model has never seen gets the cold-start answer."""
         model = served()
         read, liked = feedback.reads_and_likes(user_id, min_positive_rating)
-        ids, scores = model.recommender.rank(
-            [user_id], k, extra_reads={user_id: liked}, extra_excluded={user_id: read}
+        ids, scores = await batcher.rank(
+            model.recommender, user_id, k, extra_reads=liked, extra_excluded=read
         )
         return {
             "user_id": user_id,
             "known_reader": model.recommender.known_user(user_id) is not None,
             "model_version": model.version,
-            "books": model.recommender.book_records(ids[0], scores[0]),
+            "books": model.recommender.book_records(ids, scores),
         }
 
     @app.post("/recommendations", response_model=Recommendations)
@@ -278,11 +290,11 @@ def create_app(
         """Top-k books for someone new, from age, location and a few liked books (no retraining)."""
         model = served()
         new = Reader(age=reader.age, location=reader.location, liked_isbns=tuple(reader.liked_isbns))
-        ids, scores = model.recommender.rank(["<new reader>"], reader.k, readers={"<new reader>": new})
+        ids, scores = await batcher.rank(model.recommender, "<new reader>", reader.k, reader=new)
         return {
             "known_reader": False,
             "model_version": model.version,
-            "books": model.recommender.book_records(ids[0], scores[0]),
+            "books": model.recommender.book_records(ids, scores),
         }
 
     @app.get("/books/{isbn}/similar", response_model=SimilarBooks)

@@ -206,7 +206,7 @@ class BookRecommender:
 
     # -- recommendations --------------------------------------------------------------------------
 
-    def _validate_k(self, k: int) -> int:
+    def validate_k(self, k: int) -> int:
         if not 1 <= int(k) <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, not {k}")
         return int(k)
@@ -266,7 +266,7 @@ class BookRecommender:
         extra_excluded: Mapping[str, Iterable[str]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """`recommend` as arrays: item indices (-1 pads) and scores, one row per reader."""
-        k = self._validate_k(k)
+        k = self.validate_k(k)
         if exclude not in EXCLUDE_MODES:
             raise ValueError(f"exclude must be one of {', '.join(EXCLUDE_MODES)}, not {exclude!r}")
         engine = self.engines[exclude]
@@ -322,13 +322,13 @@ class BookRecommender:
 
     def similar_books(self, isbns: list[str], k: int = 10) -> pd.DataFrame:
         """Nearest books by cosine similarity of the model's item vectors: isbn, rank, similar_isbn, score."""
-        k = self._validate_k(k)
+        k = self.validate_k(k)
         queries = self.item_indices(isbns)
         ids, best = self.rank_similar(queries, k)
         return self._frame("isbn", [str(i).strip().upper() for i in isbns], ids, best, "similar_isbn")
 
     def rank_similar(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        k = self._validate_k(k)
+        k = self.validate_k(k)
         if self._ann is not None:
             labels, distances = self._ann.knn_query(
                 self._normalised[queries], k=min(k + 1, self.bundle.n_items)

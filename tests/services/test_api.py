@@ -90,6 +90,40 @@ def test_recommendations_known_and_unknown_readers(service):
     assert len(new["books"]) == 4 and "1000000011" not in {b["isbn"] for b in new["books"]}
 
 
+def test_requests_scored_together_get_the_answers_they_get_alone(project):
+    """The micro-batcher: concurrent requests (known, unknown and new readers, different k, one bad)
+    are scored in one batch, and each gets exactly its own answer."""
+    import asyncio
+
+    import numpy as np
+
+    from pipeline.serving.batching import RankBatcher
+    from pipeline.serving.service import BookRecommender, Reader
+
+    model = BookRecommender.from_folder(project / "models" / "ncf")
+    young = Reader(age=22, location="berlin, berlin, germany", liked_isbns=("1000000011",))
+    old = Reader(age=70, location="austin, texas, usa")
+    asks = [("1000", 5, None, ("1000000022",)), ("1001", 12, None, ()), ("stranger", 3, None, ())]
+    asks += [("<new reader>", 7, young, ()), ("<new reader>", 7, old, ()), ("1002", 0, None, ())]
+    sizes: list[int] = []
+
+    async def together():
+        batcher = RankBatcher(observe_batch_size=sizes.append)
+        calls = [batcher.rank(model, u, k, reader=r, extra_reads=x) for u, k, r, x in asks]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        batcher.stop()
+        return answers
+
+    answers = asyncio.run(together())
+    assert sizes == [len(asks) - 1]  # the bad k is refused before it joins a batch
+    for (user, k, reader, extra), answer in zip(asks[:-1], answers[:-1], strict=True):
+        alone = model.rank([user], k, readers={user: reader} if reader else None, extra_reads={user: extra})
+        np.testing.assert_array_equal(answer[0], alone[0][0])
+        np.testing.assert_allclose(answer[1], alone[1][0], rtol=1e-5)
+    assert isinstance(answers[-1], ValueError) and "k must be between" in str(answers[-1])
+    assert answers[3][0].tolist() != answers[4][0].tolist()  # two new readers, two descriptions
+
+
 def test_similar_books_and_unknown_isbn(service):
     similar = httpx.get(f"{service.url}/books/1000000011/similar", params={"k": 3})
     assert similar.status_code == 200 and len(similar.json()["books"]) == 3

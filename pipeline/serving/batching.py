@@ -1,0 +1,125 @@
+"""Micro-batching of recommendation requests on the API's event loop.
+
+Scoring one reader is memory-bound: the GMF half reads the whole (gmf_dim x n_items) item matrix,
+36 MB on the full catalog, to produce one row of scores. Requests that arrive while a batch is being
+scored wait in `pending` and are scored together as the next batch, so the matrix is read once for
+all of them. Nothing waits on a timer: a lone request is scored at once, and batches form only when
+requests queue up anyway, under concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.serving.service import BookRecommender, Reader
+
+
+@dataclass
+class RankRequest:
+    recommender: BookRecommender
+    user_id: str
+    k: int
+    reader: Reader | None = None  # for readers the model does not know: age, location, liked books
+    extra_reads: tuple[str, ...] = ()
+    extra_excluded: tuple[str, ...] = ()
+    future: asyncio.Future = field(default=None, repr=False)
+
+
+def rank_together(requests: list[RankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One `rank` call for requests that share a recommender; each answer cut to its own k.
+
+    New readers get distinct ids inside the batch, so that two of them never share a description.
+    """
+    recommender = requests[0].recommender
+    ids = [
+        f"<new reader {n}>" if request.reader is not None else request.user_id
+        for n, request in enumerate(requests)
+    ]
+    ranked, scores = recommender.rank(
+        ids,
+        max(request.k for request in requests),
+        readers={i: r.reader for i, r in zip(ids, requests, strict=True) if r.reader is not None},
+        extra_reads={i: r.extra_reads for i, r in zip(ids, requests, strict=True)},
+        extra_excluded={i: r.extra_excluded for i, r in zip(ids, requests, strict=True)},
+    )
+    return [(ranked[row, : r.k], scores[row, : r.k]) for row, r in enumerate(requests)]
+
+
+class RankBatcher:
+    def __init__(self, max_batch: int = 32, observe_batch_size: Callable[[int], None] | None = None):
+        self.max_batch = max_batch
+        self.observe_batch_size = observe_batch_size or (lambda size: None)
+        self.pending: list[RankRequest] = []
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def rank(
+        self,
+        recommender: BookRecommender,
+        user_id: str,
+        k: int,
+        reader: Reader | None = None,
+        extra_reads: Iterable[str] = (),
+        extra_excluded: Iterable[str] = (),
+    ) -> tuple[np.ndarray, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        request = RankRequest(
+            recommender,
+            user_id,
+            recommender.validate_k(k),
+            reader,
+            tuple(extra_reads),
+            tuple(extra_excluded),
+            loop.create_future(),
+        )
+        self.pending.append(request)
+        if self._worker is None or self._worker.done():
+            self._wake = asyncio.Event()
+            self._worker = loop.create_task(self._run())
+        self._wake.set()
+        return await request.future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # One turn of the loop: handlers whose requests are already read enqueue theirs first.
+            await asyncio.sleep(0)
+            while self.pending:
+                batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
+                self._score(batch)
+                await asyncio.sleep(0)  # let new requests in between batches
+
+    def _score(self, batch: list[RankRequest]) -> None:
+        self.observe_batch_size(len(batch))
+        groups: dict[int, list[RankRequest]] = {}
+        for request in batch:  # a model swap may leave two recommenders in one batch
+            groups.setdefault(id(request.recommender), []).append(request)
+        for group in groups.values():
+            try:
+                answers = rank_together(group)
+            except Exception:
+                # One bad request must not fail the others: score them one by one.
+                for request in group:
+                    self._settle_alone(request)
+                continue
+            for request, answer in zip(group, answers, strict=True):
+                if not request.future.done():
+                    request.future.set_result(answer)
+
+    @staticmethod
+    def _settle_alone(request: RankRequest) -> None:
+        if request.future.done():
+            return
+        try:
+            request.future.set_result(rank_together([request])[0])
+        except Exception as err:
+            request.future.set_exception(err)
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
