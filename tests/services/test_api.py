@@ -124,6 +124,36 @@ def test_requests_scored_together_get_the_answers_they_get_alone(project):
     assert answers[3][0].tolist() != answers[4][0].tolist()  # two new readers, two descriptions
 
 
+def test_a_request_that_breaks_its_batch_fails_alone(project):
+    import asyncio
+
+    from pipeline.serving.batching import RankBatcher
+    from pipeline.serving.service import BookRecommender
+
+    class BrokenFor(BookRecommender):
+        """The real recommender, except that one reader's id makes `rank` raise."""
+
+        def rank(self, user_ids, *args, **kwargs):
+            if "poison" in user_ids:
+                raise RuntimeError("cannot rank poison")
+            return super().rank(user_ids, *args, **kwargs)
+
+    model = BrokenFor.from_folder(project / "models" / "ncf")
+    sizes: list[int] = []
+
+    async def together():
+        batcher = RankBatcher(observe_batch_size=sizes.append)
+        calls = [batcher.rank(model, user, 5) for user in ("1000", "poison", "1001")]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        batcher.stop()
+        return answers
+
+    good, bad, other = asyncio.run(together())
+    assert sizes == [3] and isinstance(bad, RuntimeError)
+    assert good[0].tolist() == model.rank(["1000"], 5)[0][0].tolist()
+    assert other[0].tolist() == model.rank(["1001"], 5)[0][0].tolist()
+
+
 def test_similar_books_and_unknown_isbn(service):
     similar = httpx.get(f"{service.url}/books/1000000011/similar", params={"k": 3})
     assert similar.status_code == 200 and len(similar.json()["books"]) == 3
