@@ -131,7 +131,7 @@ def test_browser_renders_recommendations_and_similar_books(trained_project, tmp_
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (make test installs it when run as root)")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     port = free_port()
     env = {
@@ -191,8 +191,8 @@ def test_browser_renders_recommendations_and_similar_books(trained_project, tmp_
             page.get_by_label("Book-Crossing User-ID").press("Enter")
             page.get_by_text("Top 10 for reader 1000").wait_for(timeout=60_000)
             cards = page.locator(".bookrec-grid").last.locator(".bookrec-card")
-            cards.first.wait_for(timeout=30_000)
-            assert cards.count() == 10
+            # Streamlit renders in steps: wait (bounded) until the last grid holds the whole list.
+            expect(cards).to_have_count(10, timeout=30_000)
             titles = cards.locator(".bookrec-title").all_inner_texts()
             assert all(title.startswith("Tale") or title for title in titles)
             style = cards.first.locator(".bookrec-cover").get_attribute("style")
@@ -203,8 +203,9 @@ def test_browser_renders_recommendations_and_similar_books(trained_project, tmp_
             page.get_by_label("Search by title or author").fill("Tale 1")
             page.get_by_label("Search by title or author").press("Enter")
             page.get_by_text("Nearest books").wait_for(timeout=60_000)
-            page.locator(".bookrec-grid").last.locator(".bookrec-card").first.wait_for(timeout=30_000)
-            assert page.locator(".bookrec-grid").last.locator(".bookrec-card").count() == 10
+            expect(page.locator(".bookrec-grid").last.locator(".bookrec-card")).to_have_count(
+                10, timeout=30_000
+            )
             page.screenshot(path=str(shots / "similar.png"), full_page=True)
             browser.close()
         assert (shots / "reader.png").stat().st_size > 10_000
