@@ -26,7 +26,7 @@ class RankRequest:
     reader: Reader | None = None  # for readers the model does not know: age, location, liked books
     extra_reads: tuple[str, ...] = ()
     extra_excluded: tuple[str, ...] = ()
-    future: asyncio.Future = field(default=None, repr=False)
+    future: asyncio.Future | None = field(default=None, repr=False)  # set by `RankBatcher.rank`
 
 
 def rank_together(requests: list[RankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
