@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 
 from pipeline import io, stages
-from pipeline.bundle import load_bundle
 from pipeline.config import Workspace
-from pipeline.evaluate import EvaluationData, evaluate
-from pipeline.recommend import NCFRecommender
+from pipeline.evaluation.evaluate import EvaluationData, evaluate
+from pipeline.model.recommender import NCFRecommender
+from pipeline.storage.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {

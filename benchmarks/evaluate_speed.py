@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from pipeline import io, stages
-from pipeline.baselines import make_baseline
 from pipeline.config import Workspace
-from pipeline.evaluate import EvaluationData, evaluate
+from pipeline.evaluation.baselines import make_baseline
+from pipeline.evaluation.evaluate import EvaluationData, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,8 +32,8 @@ def main() -> None:
         for name, options in params.evaluate.baselines().items()
     }
     if (ws.model / "weights.safetensors").is_file():
-        from pipeline.bundle import load_bundle
-        from pipeline.recommend import NCFRecommender
+        from pipeline.model.recommender import NCFRecommender
+        from pipeline.storage.bundle import load_bundle
 
         bundle = load_bundle(ws.model)
         features = (bundle.user_feature_tensor(), bundle.item_feature_tensor())

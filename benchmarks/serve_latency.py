@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000)
     args = parser.parse_args()
     in_process(args.model, args.samples)
-    from pipeline.bundle import load_bundle
+    from pipeline.storage.bundle import load_bundle
 
     users = load_bundle(args.model).users["user_id"].astype(str).tolist()
     over_http(ROOT, users, args.requests)

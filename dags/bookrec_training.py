@@ -78,7 +78,7 @@ def _overrides(section: str) -> dict:
 
 
 def _stage(name: str, overrides: dict | None = None) -> dict:
-    from pipeline.versioning import reproduce, restore_params
+    from pipeline.ops.versioning import reproduce, restore_params
 
     restore_params(ROOT)
     ran = reproduce(ROOT, name, overrides=overrides)
@@ -123,9 +123,9 @@ def bookrec_training():
     )
     def fetch_and_validate() -> dict:
         from pipeline.config import Workspace
-        from pipeline.livefeed import FeedbackStore, export_to_raw
-        from pipeline.rawdata import fetch
-        from pipeline.versioning import track_raw_data
+        from pipeline.ops.versioning import track_raw_data
+        from pipeline.storage.feedback import FeedbackStore, export_to_raw
+        from pipeline.storage.rawdata import fetch
 
         ws, _ = Workspace.load(ROOT)
         manifest = fetch(ws.raw, ws.cache, show_progress=False)

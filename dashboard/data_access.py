@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pipeline import registry, tracking
-from pipeline.livefeed import FeedbackStore
+from pipeline.ops import registry, tracking
 from pipeline.serving.service import BookRecommender
+from pipeline.storage.feedback import FeedbackStore
 
 
 def root() -> Path:
@@ -77,7 +77,7 @@ def _feedback_store(url: str) -> FeedbackStore:
 
 
 def feedback_store() -> FeedbackStore:
-    from pipeline.livefeed import feedback_url
+    from pipeline.storage.feedback import feedback_url
 
     return _feedback_store(feedback_url(root()))
 

@@ -83,9 +83,9 @@ def data_fetch(
     ] = False,
 ) -> None:
     """Fetch the raw Book-Crossing files, verify their SHA-256 sums, publish them to data/raw."""
-    from pipeline.livefeed import ensure_export
-    from pipeline.rawdata import fetch
-    from pipeline.versioning import track_raw_data
+    from pipeline.ops.versioning import track_raw_data
+    from pipeline.storage.feedback import ensure_export
+    from pipeline.storage.rawdata import fetch
 
     ws, _ = _workspace()
     manifest = fetch(
@@ -105,7 +105,7 @@ def data_fetch(
 
 
 def _announce_new_data(root: Path, extra: dict) -> None:
-    from pipeline.launcher import notify_new_raw_data
+    from pipeline.ops.launcher import notify_new_raw_data
 
     typer.echo(notify_new_raw_data(root, extra))
 
@@ -114,7 +114,7 @@ def _announce_new_data(root: Path, extra: dict) -> None:
 @reports_errors
 def data_verify() -> None:
     """Re-hash the raw files against their manifest and the pinned sums."""
-    from pipeline.rawdata import verify_raw
+    from pipeline.storage.rawdata import verify_raw
 
     ws, _ = _workspace()
     manifest = verify_raw(ws.raw)
@@ -159,7 +159,7 @@ def evaluate(
 ) -> None:
     """Stage evaluate: every model ranked over the full catalog on the test split; prints the comparison."""
     from pipeline import io, stages
-    from pipeline.reports import comparison_table, format_table
+    from pipeline.storage.reports import comparison_table, format_table
 
     ws, params = _workspace()
     if show_only:
@@ -197,7 +197,7 @@ app.add_typer(registry_app, name="registry")
 
 
 def _registry_client():
-    from pipeline import tracking
+    from pipeline.ops import tracking
 
     ws, _ = _workspace()
     return tracking.client(ws.root)
@@ -209,7 +209,7 @@ def registry_list() -> None:
     """Every version of bookrec-ncf with its aliases, key metrics and gate decision."""
     import pandas as pd
 
-    from pipeline import registry
+    from pipeline.ops import registry
 
     rows = registry.list_versions(_registry_client())
     typer.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no versions registered yet")
@@ -222,7 +222,7 @@ def registry_promote(
     reason: Annotated[str, typer.Option(help="Why; recorded on the version.")] = "promoted by hand",
 ) -> None:
     """Move `production` to VERSION (by hand, bypassing the gate); the old one becomes `previous`."""
-    from pipeline import registry
+    from pipeline.ops import registry
 
     typer.echo(json.dumps(registry.promote(_registry_client(), version, reason)))
 
@@ -231,7 +231,7 @@ def registry_promote(
 @reports_errors
 def registry_rollback(reason: Annotated[str, typer.Option(help="Why; recorded on the version.")]) -> None:
     """Move `production` back to `previous`, recording why."""
-    from pipeline import registry
+    from pipeline.ops import registry
 
     typer.echo(json.dumps(registry.rollback(_registry_client(), reason)))
 
@@ -271,8 +271,8 @@ app.add_typer(feedback_app, name="feedback")
 @reports_errors
 def feedback_export() -> None:
     """Write stored interactions to data/raw/feedback (tracked by DVC) so the next training run ingests them."""
-    from pipeline.livefeed import FeedbackStore, export_to_raw
-    from pipeline.versioning import track_raw_data
+    from pipeline.ops.versioning import track_raw_data
+    from pipeline.storage.feedback import FeedbackStore, export_to_raw
 
     ws, _ = _workspace()
     count = export_to_raw(FeedbackStore.for_root(ws.root), ws.feedback)
@@ -295,7 +295,7 @@ def pipeline_run(
     conf: Annotated[str, typer.Option(help="Run values as JSON, e.g. '{\"train.lr\": 0.001}'")] = "{}",
 ) -> None:
     """Run the whole training DAG once in the foreground (`airflow dags test`), for headless use."""
-    from pipeline import launcher
+    from pipeline.ops import launcher
 
     ws, _ = _workspace()
     raise typer.Exit(code=launcher.pipeline_run(ws.root, json.loads(conf)))
@@ -305,7 +305,7 @@ def pipeline_run(
 @reports_errors
 def up() -> None:
     """Start Airflow, the MLflow UI, the dashboard and the API on 127.0.0.1 (training once if no production model)."""
-    from pipeline import launcher
+    from pipeline.ops import launcher
 
     ws, _ = _workspace()
     raise typer.Exit(code=launcher.up(ws.root, echo=typer.echo))

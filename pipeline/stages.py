@@ -13,11 +13,9 @@ import pandas as pd
 
 from pipeline import io
 from pipeline.config import Params, Workspace
-from pipeline.features import build_features
-from pipeline.ingest import ingest_tables, read_raw_csv
-from pipeline.livefeed import FEEDBACK_FILE
-from pipeline.preprocess import build_interactions
-from pipeline.rawdata import locate_raw, verify_raw
+from pipeline.data.features import build_features
+from pipeline.data.preprocess import build_interactions
+from pipeline.data.split import split_interactions
 from pipeline.schemas import (
     INTERACTIONS,
     ITEM_FEATURES,
@@ -26,10 +24,13 @@ from pipeline.schemas import (
     REJECTED,
     USER_FEATURES,
 )
-from pipeline.split import split_interactions
 
 
 def ingest(ws: Workspace, params: Params) -> dict:
+    from pipeline.data.ingest import ingest_tables
+    from pipeline.storage.feedback import FEEDBACK_FILE
+    from pipeline.storage.rawdata import locate_raw, read_raw_csv, verify_raw
+
     verify_raw(ws.raw)
     files = locate_raw(ws.raw)
     raw = {role: read_raw_csv(path, role) for role, path in files.items()}
@@ -90,7 +91,7 @@ def load_splits(ws: Workspace) -> dict[str, pd.DataFrame]:
 
 def user_cohorts(ws: Workspace, top_countries: int) -> pd.DataFrame:
     """Per user: age bucket and country labels (the top countries by name, the rest <other>)."""
-    from pipeline.features import OTHER, FeatureVocabulary
+    from pipeline.data.features import OTHER, FeatureVocabulary
 
     vocabulary = FeatureVocabulary.from_json(io.read_json(ws.features / "vocabulary.json"))
     encoded = io.read_parquet(ws.features / "user_features.parquet").set_index("user_idx").sort_index()
@@ -102,7 +103,7 @@ def user_cohorts(ws: Workspace, top_countries: int) -> pd.DataFrame:
 
 
 def _training_inputs(ws: Workspace):
-    from pipeline.features import FeatureVocabulary
+    from pipeline.data.features import FeatureVocabulary
 
     splits = load_splits(ws)
     users = io.read_parquet(ws.processed / "users.parquet")
@@ -132,11 +133,11 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
     """Stage train: fit NCF on train, early-stop on validation, save models/ncf and the training curve."""
     import numpy as np
 
-    from pipeline import metrics
-    from pipeline.bundle import save_bundle
-    from pipeline.evaluate import EvaluationData
-    from pipeline.recommend import NCFRecommender
-    from pipeline.train import build_model, fit, training_data
+    from pipeline.evaluation import metrics
+    from pipeline.evaluation.evaluate import EvaluationData
+    from pipeline.model.recommender import NCFRecommender
+    from pipeline.model.train import build_model, fit, training_data
+    from pipeline.storage.bundle import save_bundle
 
     splits, users, items, vocabulary, user_features, item_features = _training_inputs(ws)
     validation = EvaluationData.build(splits, items, len(users), "validation")
@@ -218,9 +219,9 @@ def choose_neighbourhood(ncf, validation, users, settings) -> tuple:
     """
     import numpy as np
 
-    from pipeline import metrics
-    from pipeline.baselines import ItemKNNRecommender
-    from pipeline.recommend import Neighbourhood, mask_rows, top_k
+    from pipeline.evaluation import metrics
+    from pipeline.evaluation.baselines import ItemKNNRecommender
+    from pipeline.model.recommender import Neighbourhood, mask_rows, top_k
 
     weights = sorted(set(settings.weights))
     if weights == [0.0]:
@@ -246,12 +247,12 @@ def choose_neighbourhood(ncf, validation, users, settings) -> tuple:
 
 def evaluate(ws: Workspace, params: Params) -> dict:
     """Stage evaluate: NCF and every baseline, full ranking on the test split."""
-    from pipeline.baselines import make_baseline
-    from pipeline.bundle import load_bundle
-    from pipeline.evaluate import EvaluationData
-    from pipeline.evaluate import evaluate as evaluate_model
-    from pipeline.recommend import NCFRecommender
-    from pipeline.reports import write_reports
+    from pipeline.evaluation.baselines import make_baseline
+    from pipeline.evaluation.evaluate import EvaluationData
+    from pipeline.evaluation.evaluate import evaluate as evaluate_model
+    from pipeline.model.recommender import NCFRecommender
+    from pipeline.storage.bundle import load_bundle
+    from pipeline.storage.reports import write_reports
 
     settings = params.evaluate
     users = io.read_parquet(ws.processed / "users.parquet", columns=["user_idx"])
@@ -304,8 +305,8 @@ def _production_on_split(client, production, ws: Workspace, params: Params) -> f
     """NDCG@10 of the production model measured on the current test split (through the registry)."""
     import mlflow
 
-    from pipeline.evaluate import EvaluationData, ndcg_at
-    from pipeline.registry import MODEL_NAME
+    from pipeline.evaluation.evaluate import EvaluationData, ndcg_at
+    from pipeline.ops.registry import MODEL_NAME
     from pipeline.serving.service import RemappedRecommender
 
     served = (
@@ -321,8 +322,8 @@ def _production_on_split(client, production, ws: Workspace, params: Params) -> f
 
 def register_model(ws: Workspace, params: Params) -> dict:
     """Log the trained model to MLflow and register it as the `challenger` (once per distinct model)."""
-    from pipeline import registry, tracking, versioning
-    from pipeline.bundle import fingerprint
+    from pipeline.ops import registry, tracking, versioning
+    from pipeline.storage.bundle import fingerprint
 
     metadata = io.read_json(ws.model / "metadata.json")
     history = io.read_json(ws.model / "history.json")
@@ -377,7 +378,7 @@ def register_model(ws: Workspace, params: Params) -> dict:
 
 def gate_and_promote(ws: Workspace, params: Params, version: str, promote: bool = True) -> dict:
     """Run the promotion gate for `version`; move `production` to it only if every check passed."""
-    from pipeline import registry, tracking, versioning
+    from pipeline.ops import registry, tracking, versioning
 
     client = tracking.client(ws.root)
     candidate = client.get_model_version(registry.MODEL_NAME, str(version))

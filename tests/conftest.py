@@ -102,7 +102,7 @@ def real_workspace(tmp_path_factory, shared_bx):
     """The real dump fetched from ../shared (checksums verified) and run through the data stages, once."""
     from pipeline import stages
     from pipeline.config import Workspace
-    from pipeline.rawdata import fetch
+    from pipeline.storage.rawdata import fetch
 
     root = copy_project(tmp_path_factory.mktemp("real") / "project")
     ws, params = Workspace.load(root)

@@ -27,9 +27,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.livefeed import FeedbackStore
 from pipeline.serving.batching import RankBatcher
 from pipeline.serving.service import MAX_K, BookRecommender, Reader, UnknownBookError
+from pipeline.storage.feedback import FeedbackStore
 
 log = logging.getLogger("bookrec.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -137,7 +137,7 @@ class ModelHolder:
 def registry_holder(root: Path, poll_seconds: float) -> ModelHolder:
     import mlflow
 
-    from pipeline import registry, tracking
+    from pipeline.ops import registry, tracking
 
     def lookup() -> str | None:
         version = registry.production_version(tracking.client(root))

@@ -12,7 +12,7 @@ DEFAULT_PARAMS = {"exclude": "all", "mode": "recommend"}
 
 def bundle_artifacts(folder: Path) -> dict[str, str]:
     """Every file of the model folder as one named artifact (they all land in one directory)."""
-    from pipeline.bundle import FILES, NEIGHBOURHOOD
+    from pipeline.storage.bundle import FILES, NEIGHBOURHOOD
 
     present = [*FILES, *([NEIGHBOURHOOD] if (Path(folder) / NEIGHBOURHOOD).is_file() else [])]
     return {Path(name).stem: str(Path(folder) / name) for name in present}

@@ -16,9 +16,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from pipeline.bundle import Bundle, load_bundle
-from pipeline.ingest import split_location
-from pipeline.recommend import NCFRecommender, Recommender, history_rows, top_k
+from pipeline.data.locations import split_location
+from pipeline.model.recommender import NCFRecommender, Recommender, history_rows, top_k
+from pipeline.storage.bundle import Bundle, load_bundle
 
 EXCLUDE_MODES = ("all", "train")
 MAX_K = 200

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 
 from pipeline.config import IngestParams
-from pipeline.ingest import (
+from pipeline.data.ingest import (
     IngestError,
     clean_books,
     clean_ratings,
     clean_users,
-    read_raw_csv,
-    split_location,
 )
+from pipeline.data.locations import split_location
+from pipeline.storage.rawdata import read_raw_csv
 
 PARAMS = IngestParams(min_age=5, max_age=100, max_publication_year=2006)
 BOOKS_HEADER = '"ISBN";"Book-Title";"Book-Author";"Year-Of-Publication";"Publisher";"Image-URL-S";"Image-URL-M";"Image-URL-L"'
@@ -196,8 +196,8 @@ def test_split_location_keeps_extra_commas_in_region_and_maps_country_aliases():
 def test_live_feedback_joins_ratings_and_adds_new_readers(tmp_path):
     import pandas as pd
 
-    from pipeline.ingest import ingest_tables
-    from pipeline.livefeed import write_export
+    from pipeline.data.ingest import ingest_tables
+    from pipeline.storage.feedback import write_export
 
     users = write(tmp_path / "BX-Users.csv", ['"User-ID";"Location";"Age"', '"1";"a, b, usa";"30"'])
     books = write(

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import metrics
+from pipeline.evaluation import metrics
 
 
 def csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pipeline.baselines import make_baseline
-from pipeline.evaluate import EvaluationData, evaluate
-from pipeline.recommend import Recommender, top_k
+from pipeline.evaluation.baselines import make_baseline
+from pipeline.evaluation.evaluate import EvaluationData, evaluate
+from pipeline.model.recommender import Recommender, top_k
 
 
 def test_top_k_is_sorted_and_pads_excluded_items():
@@ -109,7 +109,7 @@ def test_popularity_ranks_by_training_counts_and_evaluator_slices_cohorts():
 
 
 def test_standardise_rows_by_hand():
-    from pipeline.recommend import standardise_rows
+    from pipeline.model.recommender import standardise_rows
 
     scores = np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]], dtype=np.float32)
     # mean 2, population standard deviation sqrt(2/3): (x - 2) / 0.8165
@@ -118,7 +118,7 @@ def test_standardise_rows_by_hand():
 
 
 def test_neighbourhood_term_blends_standardised_scores_by_hand():
-    from pipeline.recommend import Neighbourhood, history_rows
+    from pipeline.model.recommender import Neighbourhood, history_rows
 
     # book 0 is similar to book 2 (0.5) and to book 3 (1.0); the reader read book 0
     similarity = sp.csr_matrix(np.array([[0, 0, 0.5, 1.0], [0, 0, 0, 0], [0.5, 0, 0, 0], [1.0, 0, 0, 0]]))
@@ -137,8 +137,8 @@ def test_neighbourhood_term_blends_standardised_scores_by_hand():
 
 
 def test_neighbourhood_round_trips_through_safetensors_and_rejects_a_broken_file(tmp_path):
-    from pipeline.bundle import BundleError, load_neighbourhood, save_neighbourhood
-    from pipeline.recommend import Neighbourhood
+    from pipeline.model.recommender import Neighbourhood
+    from pipeline.storage.bundle import BundleError, load_neighbourhood, save_neighbourhood
 
     similarity = sp.random(50, 50, density=0.1, format="csr", dtype=np.float32, random_state=0)
     save_neighbourhood(tmp_path / "n.safetensors", Neighbourhood(similarity, 0.5))
@@ -151,7 +151,7 @@ def test_neighbourhood_round_trips_through_safetensors_and_rejects_a_broken_file
 
 
 def test_neighbourhood_blend_equals_the_dense_formula_on_random_data():
-    from pipeline.recommend import Neighbourhood, history_rows, standardise_rows
+    from pipeline.model.recommender import Neighbourhood, history_rows, standardise_rows
 
     rng = np.random.default_rng(3)
     similarity = sp.random(300, 300, density=0.05, format="csr", dtype=np.float32, random_state=4)

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import PreprocessParams
-from pipeline.preprocess import build_interactions, k_core
-from pipeline.split import TEST, TRAIN, VALIDATION, assign_splits, split_interactions, split_sizes
+from pipeline.data.preprocess import build_interactions, k_core
+from pipeline.data.split import TEST, TRAIN, VALIDATION, assign_splits, split_interactions, split_sizes
 
 PARAMS = PreprocessParams(
     min_explicit_rating=5,

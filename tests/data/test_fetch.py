@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 from pipeline.io import read_json
-from pipeline.rawdata import ORIGINAL_FILES, FetchError, fetch, locate_raw, verify_raw
+from pipeline.storage.rawdata import ORIGINAL_FILES, FetchError, fetch, locate_raw, verify_raw
 from tests.conftest import run
 
 

@@ -11,11 +11,11 @@ import scipy.sparse as sp
 import torch
 
 from pipeline.config import load_params
-from pipeline.losses import bpr_loss, item_l2
-from pipeline.model import NCF, NCFConfig, history_matrix
-from pipeline.recommend import NCFRecommender
-from pipeline.sampling import NegativeSampler
-from pipeline.train import TrainingData, build_model, fit
+from pipeline.model.losses import bpr_loss, item_l2
+from pipeline.model.ncf import NCF, NCFConfig, history_matrix
+from pipeline.model.recommender import NCFRecommender
+from pipeline.model.sampling import NegativeSampler
+from pipeline.model.train import TrainingData, build_model, fit
 from tests.conftest import REPO_ROOT
 
 N_GROUPS, USERS_PER_GROUP, ITEMS_PER_GROUP = 4, 30, 12
@@ -199,8 +199,8 @@ def test_config_round_trip_and_ablation_switches():
 
 def test_similar_books_through_the_ann_index_match_exact_search(trained_project):
     """Above `serve.ann_threshold` books, similar books come from an HNSW index: same neighbours here."""
-    from pipeline.bundle import load_bundle
     from pipeline.serving.service import BookRecommender
+    from pipeline.storage.bundle import load_bundle
 
     exact = BookRecommender(load_bundle(trained_project / "models" / "ncf"))
     bundle = load_bundle(trained_project / "models" / "ncf")

@@ -73,8 +73,8 @@ def test_real_end_to_end_through_the_registry(real_trained, real_metrics):
     import mlflow
     import pandas as pd
 
-    from pipeline import registry, tracking
     from pipeline.config import load_params
+    from pipeline.ops import registry, tracking
     from pipeline.serving.service import BookRecommender, Reader
 
     ws, _ = real_trained

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import registry, tracking
+from pipeline.ops import registry, tracking
 from tests.conftest import BIN, REPO_ROOT, copy_project, free_port, run, use_small_params
 
 ORDER = [
@@ -175,7 +175,7 @@ def test_real_airflow_standalone_runs_the_dag(tmp_path, synthetic_bx):
         assert registry.production_version(tracking.client(root)) is not None
 
         # New raw data (exported live feedback) is announced to Airflow and starts a run by itself.
-        from pipeline.livefeed import FeedbackStore
+        from pipeline.storage.feedback import FeedbackStore
 
         FeedbackStore.for_root(root).add("1000", "1000000011", 9)
         exported = run(

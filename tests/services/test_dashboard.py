@@ -68,7 +68,7 @@ def test_reader_page_unknown_user_and_live_feedback(app, trained_project):
     before = html_bodies(app)
     app.button[0].click().run()  # "I read this" on the top recommendation
     assert not app.exception, app.exception
-    from pipeline.livefeed import FeedbackStore
+    from pipeline.storage.feedback import FeedbackStore
 
     stored = FeedbackStore.for_root(trained_project).read_isbns(example)
     assert len(stored) == 1

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import io, registry, stages, tracking
+from pipeline import io, stages
 from pipeline.config import Workspace
+from pipeline.ops import registry, tracking
 from tests.conftest import BIN, build_synthetic_project, free_port, mlflow_env, run
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def test_production_version_carries_lineage_and_metrics(project, client):
 
 
 def test_pyfunc_equals_the_in_process_model_and_reproduces_test_metrics(project):
-    from pipeline.evaluate import EvaluationData
+    from pipeline.evaluation.evaluate import EvaluationData
     from pipeline.serving.service import BookRecommender
 
     model = load_production(project)
@@ -76,7 +77,7 @@ def test_pyfunc_equals_the_in_process_model_and_reproduces_test_metrics(project)
     splits = stages.load_splits(ws)
     items = io.read_parquet(ws.processed / "items.parquet")
     data = EvaluationData.build(splits, items, len(local.users), "test")
-    from pipeline.recommend import NCFRecommender
+    from pipeline.model.recommender import NCFRecommender
 
     engine = NCFRecommender(
         local.model,
@@ -171,7 +172,7 @@ def test_faults_leave_production_where_it_was(project, client, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(project / "models" / "ncf", broken)
     (broken / "weights.safetensors").write_bytes(b"not a safetensors file")
-    from pipeline.bundle import BundleError, load_bundle
+    from pipeline.storage.bundle import BundleError, load_bundle
 
     with pytest.raises(BundleError, match="cannot load the weights"):
         load_bundle(broken)

@@ -236,7 +236,7 @@ def postgres_and_redis(tmp_path):
 @pytest.mark.slow
 @pytest.mark.services
 def test_training_dag_through_celery_postgres_and_mlflow_server(tmp_path, synthetic_bx, postgres_and_redis):
-    from pipeline import registry, tracking
+    from pipeline.ops import registry, tracking
 
     started_at = time.monotonic()
     pg, redis_url = postgres_and_redis["postgres"], postgres_and_redis["redis"]

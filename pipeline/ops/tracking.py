@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 EXPERIMENT = "bookrec"
-MODEL_FILE = Path(__file__).parent / "serving" / "pyfunc.py"
+MODEL_FILE = Path(__file__).parents[1] / "serving" / "pyfunc.py"
 
 
 class TrackingError(RuntimeError):

@@ -15,8 +15,8 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from pipeline import metrics
-from pipeline.recommend import Recommender
+from pipeline.evaluation import metrics
+from pipeline.model.recommender import Recommender
 
 ACTIVITY_BUCKETS = (1, 5, 10, 20, 50)  # left edges of training-interaction-count buckets
 

@@ -186,7 +186,7 @@ class NCFRecommender(Recommender):
     def user_vectors_for(self, users: np.ndarray, history_rows: sp.csr_matrix):
         import torch
 
-        from pipeline.model import history_matrix
+        from pipeline.model.ncf import history_matrix
 
         users_t = torch.as_tensor(users, dtype=torch.long)
         terms = None

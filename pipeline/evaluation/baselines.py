@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from pipeline.recommend import Recommender
+from pipeline.model.recommender import Recommender
 
 
 class RandomRecommender(Recommender):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import io
-from pipeline.evaluate import ModelReport
+from pipeline.evaluation.evaluate import ModelReport
 
 TABLE_METRICS = (
     "ndcg",

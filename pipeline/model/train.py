@@ -18,9 +18,9 @@ import torch
 from tqdm import tqdm
 
 from pipeline.config import TrainParams
-from pipeline.losses import bpr_loss, item_l2
-from pipeline.model import NCF, NCFConfig
-from pipeline.sampling import NegativeSampler
+from pipeline.model.losses import bpr_loss, item_l2
+from pipeline.model.ncf import NCF, NCFConfig
+from pipeline.model.sampling import NegativeSampler
 
 
 @dataclass
@@ -188,7 +188,7 @@ def fit(
 def training_data(train: sp.csr_matrix, user_features, item_features, vocabulary) -> TrainingData:
     """Tensors for training from the features stage's tables (rows sorted by index); the extra last row
     of each feature table is the all-unknown row used for cold-start readers."""
-    from pipeline.features import ITEM_FEATURES, USER_FEATURES
+    from pipeline.data.features import ITEM_FEATURES, USER_FEATURES
 
     def table(frame, columns) -> torch.Tensor:
         values = frame.sort_values(frame.columns[0])[list(columns)].to_numpy(dtype=np.int64)

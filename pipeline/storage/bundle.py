@@ -17,9 +17,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline import io
-from pipeline.features import ITEM_FEATURES, USER_FEATURES, FeatureVocabulary
-from pipeline.model import NCF, NCFConfig
-from pipeline.recommend import Neighbourhood
+from pipeline.data.features import ITEM_FEATURES, USER_FEATURES, FeatureVocabulary
+from pipeline.model.ncf import NCF, NCFConfig
+from pipeline.model.recommender import Neighbourhood
 
 WEIGHTS, CONFIG, METADATA = "weights.safetensors", "model_config.json", "metadata.json"
 USERS, ITEMS, INTERACTIONS = "users.parquet", "items.parquet", "interactions.parquet"

@@ -8,19 +8,18 @@ file, line and field. Rows that parse but cannot be used are returned with a rea
 from __future__ import annotations
 
 import csv
-import gzip
 import html
 import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import ftfy
 import numpy as np
 import pandas as pd
 
 from pipeline.config import IngestParams
+from pipeline.data.locations import split_location
 from pipeline.schemas import INTERIM_BOOKS, INTERIM_RATINGS, INTERIM_USERS, ISBN_PATTERN, RAW_COLUMNS
 
 
@@ -54,13 +53,6 @@ def decode_text(data: bytes, file: str) -> str:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
         return data.decode("latin-1")
-
-
-def read_raw_csv(path: Path, role: str) -> pd.DataFrame:
-    """All fields of one raw file as strings, plus `row` (1-based record number) and `line` (its first line)."""
-    file = path.name
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return parse_raw_csv(decode_text(data, file), role, file)
 
 
 def parse_raw_csv(text: str, role: str, file: str) -> pd.DataFrame:
@@ -230,102 +222,6 @@ def clean_ratings(
     report.notes["implicit_rows"] = int((clean["rating"] == 0).sum())
     report.notes["explicit_rows"] = int((clean["rating"] > 0).sum())
     return CleanTable(INTERIM_RATINGS.validate(clean), rejected, report)
-
-
-# Place names that mean "not given".
-_UNKNOWN_PLACES = frozenset(
-    {
-        "",
-        "n/a",
-        "na",
-        "n.a.",
-        "n.a",
-        "none",
-        "null",
-        "nil",
-        "-",
-        "--",
-        "?",
-        "??",
-        ".",
-        "x",
-        "xx",
-        "xxx",
-        "unknown",
-        "not applicable",
-        "no",
-        "`",
-        "\\n/a\\",
-        "everywhere",
-        "somewhere",
-        "here",
-        "far away",
-    }
-)
-
-# Spellings of the most frequent countries that name the same place.
-COUNTRY_ALIASES: Mapping[str, str] = {
-    "us": "usa",
-    "u.s.a.": "usa",
-    "u.s.a": "usa",
-    "u.s.": "usa",
-    "united states": "usa",
-    "united states of america": "usa",
-    "america": "usa",
-    "united state": "usa",
-    "us of a": "usa",
-    "uk": "united kingdom",
-    "u.k.": "united kingdom",
-    "england": "united kingdom",
-    "scotland": "united kingdom",
-    "wales": "united kingdom",
-    "great britain": "united kingdom",
-    "northern ireland": "united kingdom",
-    "deutschland": "germany",
-    "españa": "spain",
-    "espaã±a": "spain",
-    "italia": "italy",
-    "la france": "france",
-    "nederland": "netherlands",
-    "the netherlands": "netherlands",
-    "holland": "netherlands",
-    "catalunya": "spain",
-    "catalonia": "spain",
-    "méxico": "mexico",
-    "brasil": "brazil",
-    "schweiz": "switzerland",
-    "suisse": "switzerland",
-    "österreich": "austria",
-    "republic of ireland": "ireland",
-    "eire": "ireland",
-    "p.r.china": "china",
-    "people's republic of china": "china",
-    "the philippines": "philippines",
-    "phillipines": "philippines",
-    "new zeland": "new zealand",
-    "nz": "new zealand",
-}
-
-
-def _normalise_place(values: pd.Series) -> pd.Series:
-    text = values.str.replace(r"\s+", " ", regex=True).str.strip().str.strip("\"'.;:!/ ").str.lower()
-    return text.where(~text.isin(_UNKNOWN_PLACES) & text.notna())
-
-
-def split_location(location: pd.Series) -> pd.DataFrame:
-    """'city, region, country' -> three normalised columns; extra commas stay in the region."""
-    parts = location.fillna("").str.split(",")
-    city = parts.str[0]
-    country = parts.map(lambda p: p[-1] if len(p) > 1 else "")
-    region = parts.map(lambda p: ",".join(p[1:-1]) if len(p) > 2 else "")
-    country = _normalise_place(country)
-    return pd.DataFrame(
-        {
-            "city": _normalise_place(city),
-            "region": _normalise_place(region),
-            "country": country.replace(dict(COUNTRY_ALIASES)),
-        }
-    )
 
 
 def clean_users(raw: pd.DataFrame, params: IngestParams, file: str = "users") -> CleanTable:
