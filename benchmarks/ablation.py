@@ -1,4 +1,4 @@
-"""Ablation of the NCF's parts on the full bx-implicit-v1 split: the params.yaml model against the same
+"""Ablation of the NCF's parts on the full bx-implicit-v2 split: the params.yaml model against the same
 model without side features or without the history term, each with and without its ItemKNN
 neighbourhood term (whose weight every variant chooses on validation, like the train stage).
 

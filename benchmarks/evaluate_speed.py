@@ -1,4 +1,4 @@
-"""Fit and full-ranking evaluation time of every baseline on the bx-implicit-v1 test split.
+"""Fit and full-ranking evaluation time of every baseline on the bx-implicit-v2 test split.
 
     python benchmarks/evaluate_speed.py        (needs data/processed from `dvc repro`)
 

@@ -1,4 +1,4 @@
-"""Training speed of NCF on the full bx-implicit-v1 train split with the params.yaml train section.
+"""Training speed of NCF on the full bx-implicit-v2 train split with the params.yaml train section.
 
     python benchmarks/train_speed.py [--epochs N]     (needs data/processed and data/features)
 

@@ -51,11 +51,7 @@ def production_info(store: str) -> Production | None:
 @st.cache_resource(max_entries=2, show_spinner="Loading the production model ...")
 def recommender_for(store: str, version: str) -> BookRecommender:
     """Loaded once per version (the cache key), straight from the registry."""
-    import mlflow
-
-    tracking.client(root())
-    model = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{version}")
-    return model.unwrap_python_model().recommender
+    return registry.load_recommender(root(), version)
 
 
 def current() -> tuple[Production, BookRecommender]:

@@ -131,7 +131,7 @@ def ingest() -> None:
 @app.command()
 @reports_errors
 def preprocess() -> None:
-    """Stage preprocess: protocol bx-implicit-v1 (positives, 5-core, per-user split, id maps)."""
+    """Stage preprocess: protocol bx-implicit-v2 (positives, 5-core, per-user split, id maps)."""
     _run_stage("preprocess")
 
 

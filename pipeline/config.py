@@ -166,6 +166,7 @@ class TrainParams(Section):
 
 class ServeParams(Section):
     ann_threshold: int = Field(ge=0)
+    max_per_author: int | None = Field(ge=1)  # None: no cap
 
 
 class GateParams(Section):

@@ -80,7 +80,7 @@ REJECTED = pa.DataFrameSchema(
     name="interim/rejected",
 )
 
-# Interactions of protocol bx-implicit-v1, one table per split.
+# Interactions, one table per split (and the dislikes).
 INTERACTIONS = pa.DataFrameSchema(
     {
         "user_idx": pa.Column("int32", pa.Check.ge(0)),
@@ -107,6 +107,8 @@ PROCESSED_ITEMS = pa.DataFrameSchema(
         "item_idx": pa.Column("int32", pa.Check.ge(0), unique=True),
         "isbn": pa.Column(str, unique=True),
         **BOOK_COLUMNS,
+        "work_idx": pa.Column("int32", pa.Check.ge(0)),  # editions of one book share it (data/catalog.py)
+        "author_idx": pa.Column("int32", pa.Check.ge(-1)),  # -1: author unknown
     },
     strict=True,
     name="processed/items",

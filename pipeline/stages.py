@@ -15,6 +15,7 @@ from pipeline import io
 from pipeline.config import Params, Workspace
 from pipeline.data.features import build_features
 from pipeline.data.preprocess import build_interactions
+from pipeline.data.protocol import PROTOCOL
 from pipeline.data.split import split_interactions
 from pipeline.schemas import (
     INTERACTIONS,
@@ -59,7 +60,7 @@ def preprocess(ws: Workspace, params: Params) -> dict:
     built = build_interactions(ratings, users, books, params.preprocess)
     splits = split_interactions(built.interactions, params.preprocess)
     counts = dict(built.counts) | {f"{name}_rows": len(frame) for name, frame in splits.items()}
-    counts["protocol"] = "bx-implicit-v1"
+    counts["protocol"] = PROTOCOL
     with io.atomic_directory(ws.processed) as out:
         for name, frame in splits.items():
             io.write_parquet(INTERACTIONS.validate(frame), out / f"{name}.parquet")
@@ -102,16 +103,25 @@ def user_cohorts(ws: Workspace, top_countries: int) -> pd.DataFrame:
     return pd.DataFrame({"age_bucket": ages, "country": countries}, index=encoded.index)
 
 
-def _training_inputs(ws: Workspace):
-    from pipeline.data.features import FeatureVocabulary
+def evaluation_data(
+    ws: Workspace, params: Params, target: str, cohorts: pd.DataFrame | None = None, protocol: str = PROTOCOL
+):
+    """The protocol's `EvaluationData` for `target` from the processed tables: exclusions, truth and
+    the one ranking path with the serving rules of params.yaml."""
+    from pipeline.evaluation.evaluate import EvaluationData
+    from pipeline.ranking import ListRules
 
-    splits = load_splits(ws)
-    users = io.read_parquet(ws.processed / "users.parquet")
-    items = io.read_parquet(ws.processed / "items.parquet")
-    vocabulary = FeatureVocabulary.from_json(io.read_json(ws.features / "vocabulary.json"))
-    user_features = io.read_parquet(ws.features / "user_features.parquet")
-    item_features = io.read_parquet(ws.features / "item_features.parquet")
-    return splits, users, items, vocabulary, user_features, item_features
+    users = io.read_parquet(ws.processed / "users.parquet", columns=["user_idx"])
+    return EvaluationData.build(
+        load_splits(ws),
+        io.read_parquet(ws.processed / "items.parquet"),
+        len(users),
+        target,
+        cohorts,
+        dislikes=io.read_parquet(ws.processed / "dislikes.parquet"),
+        rules=ListRules(one_per_work=True, max_per_author=params.serve.max_per_author),
+        protocol=protocol,
+    )
 
 
 def run_name(params: Params, feature_hash: str, when: datetime | None = None) -> str:
@@ -129,75 +139,89 @@ def run_name(params: Params, feature_hash: str, when: datetime | None = None) ->
     )
 
 
-def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
-    """Stage train: fit NCF on train, early-stop on validation, save models/ncf and the training curve."""
+def _early_stopping_users(validation, params: Params):
+    """The validation users that choose the best epoch and the neighbourhood weight (a seeded sample)."""
     import numpy as np
 
-    from pipeline.evaluation import metrics
-    from pipeline.evaluation.evaluate import EvaluationData
+    users = validation.users_with_truth()
+    wanted = params.train.early_stopping_users
+    if wanted and wanted < len(users):
+        users = np.sort(np.random.default_rng(params.train.seed).choice(users, wanted, replace=False))
+    return users
+
+
+def _feature_tables(ws: Workspace) -> tuple:
+    from pipeline.data.features import FeatureVocabulary
+
+    vocabulary = FeatureVocabulary.from_json(io.read_json(ws.features / "vocabulary.json"))
+    return (
+        vocabulary,
+        io.read_parquet(ws.features / "user_features.parquet"),
+        io.read_parquet(ws.features / "item_features.parquet"),
+    )
+
+
+def _with_feature_ids(table: pd.DataFrame, encoded: pd.DataFrame, key: str) -> pd.DataFrame:
+    """An id map joined with its feature ids (columns `<feature>_id`), ordered by `key`."""
+    ids = encoded.add_suffix("_id").rename(columns={f"{key}_id": key})
+    return table.merge(ids, on=key, validate="one_to_one").sort_values(key)
+
+
+def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
+    """Stage train: fit NCF on train, early-stop on validation, choose the neighbourhood term, save
+    models/ncf and the training curve."""
+    from pipeline.evaluation.evaluate import ndcg_at
+    from pipeline.evaluation.selection import choose_neighbourhood
     from pipeline.model.recommender import NCFRecommender
     from pipeline.model.train import build_model, fit, training_data
-    from pipeline.storage.bundle import save_bundle
 
-    splits, users, items, vocabulary, user_features, item_features = _training_inputs(ws)
-    validation = EvaluationData.build(splits, items, len(users), "validation")
+    validation = evaluation_data(ws, params, "validation")
+    vocabulary, user_features, item_features = _feature_tables(ws)
     data = training_data(validation.train, user_features, item_features, vocabulary)
+    check_users = _early_stopping_users(validation, params)
+
+    def network(model) -> NCFRecommender:
+        return NCFRecommender(model, data.user_features, data.item_features, validation.train)
+
     model = build_model(data, params.train)
-    check_users = validation.users_with_truth()
-    if params.train.early_stopping_users and params.train.early_stopping_users < len(check_users):
-        rng = np.random.default_rng(params.train.seed)
-        check_users = np.sort(rng.choice(check_users, params.train.early_stopping_users, replace=False))
-
-    def validate(candidate) -> float:
-        recommender = NCFRecommender(candidate, data.user_features, data.item_features, validation.train)
-        top, _ = recommender.recommend(check_users, k=10, exclude=validation.exclude, batch_size=512)
-        return float(metrics.accuracy_per_user(top, validation.truth[check_users], 10)["ndcg"].mean())
-
-    history = fit(model, data, params.train, validate, show_progress=show_progress)
-    neighbourhood_started = time.perf_counter()
-    neighbourhood, by_weight = choose_neighbourhood(
-        NCFRecommender(model, data.user_features, data.item_features, validation.train),
-        validation,
-        check_users,
-        params.train.neighbourhood,
+    history = fit(
+        model,
+        data,
+        params.train,
+        lambda candidate: ndcg_at(network(candidate), validation, check_users, batch_size=512),
+        show_progress=show_progress,
     )
-    neighbourhood_seconds = time.perf_counter() - neighbourhood_started
+    started = time.perf_counter()
+    neighbourhood, by_weight = choose_neighbourhood(
+        network(model), validation, check_users, params.train.neighbourhood
+    )
+    neighbourhood_seconds = time.perf_counter() - started
     spec = vocabulary.spec()
     name = run_name(params, spec["hash"])
-    user_table = users.merge(
-        user_features.add_suffix("_id").rename(columns={"user_idx_id": "user_idx"}),
-        on="user_idx",
-        validate="one_to_one",
-    ).sort_values("user_idx")
-    item_table = items.merge(
-        item_features.add_suffix("_id").rename(columns={"item_idx_id": "item_idx"}),
-        on="item_idx",
-        validate="one_to_one",
-    ).sort_values("item_idx")
+    weight = neighbourhood.weight if neighbourhood else 0.0
     metadata = {
         "run_name": name,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "protocol": "bx-implicit-v1",
+        "protocol": PROTOCOL,
         "feature_hash": spec["hash"],
         "age_range": [params.ingest.min_age, params.ingest.max_age],
+        "min_explicit_rating": params.preprocess.min_explicit_rating,
         "ann_threshold": params.serve.ann_threshold,
+        "max_per_author": params.serve.max_per_author,
         "train_params": params.train.model_dump(mode="json"),
         "best_epoch": history.best_epoch,
         "best_validation_ndcg_at_10": history.best_validation_ndcg,
-        "neighbourhood_weight": neighbourhood.weight if neighbourhood else 0.0,
+        "neighbourhood_weight": weight,
         "validation_ndcg_at_10_by_neighbourhood_weight": {str(w): v for w, v in by_weight.items()},
     }
-    with io.atomic_directory(ws.model) as out:
-        save_bundle(
-            out, model, user_table, item_table, splits, vocabulary, history.as_dict(), metadata, neighbourhood
-        )
+    _save_model(ws, model, vocabulary, (user_features, item_features), history, metadata, neighbourhood)
     summary = {
         "best_epoch": history.best_epoch,
         "val_ndcg_at_10": round(history.best_validation_ndcg, 6),
-        "neighbourhood_weight": neighbourhood.weight if neighbourhood else 0.0,
-        "val_ndcg_at_10_with_neighbourhood": round(max(by_weight.values()), 6)
-        if by_weight
-        else round(history.best_validation_ndcg, 6),
+        "neighbourhood_weight": weight,
+        "val_ndcg_at_10_with_neighbourhood": round(
+            max(by_weight.values(), default=history.best_validation_ndcg), 6
+        ),
         "epochs_run": len(history.epochs),
         "seconds_to_best": round(history.seconds_to_best, 1),
         "seconds_total": round(history.seconds_total, 1),
@@ -210,63 +234,38 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
     return summary | {"run_name": name, "stopped_because": history.stopped_because}
 
 
-def choose_neighbourhood(ncf, validation, users, settings) -> tuple:
-    """The ItemKNN neighbourhood term for a trained NCF (see `recommend.Neighbourhood`), its weight the
-    best of `settings.weights` by NDCG@10 on the validation users; None when that weight is 0.
+def _save_model(
+    ws: Workspace, model, vocabulary, encoded: tuple, history, metadata: dict, neighbourhood
+) -> None:
+    """models/ncf, written whole or not at all: weights, id maps with feature ids, every known
+    interaction (splits and dislikes), vocabulary, history and metadata."""
+    from pipeline.storage.bundle import save_bundle
 
-    Returns it with the validation NDCG@10 of every candidate weight. Each batch of users is scored
-    once and blended for every weight, so trying more weights costs top-K sorts, not model passes.
-    """
-    import numpy as np
-
-    from pipeline.evaluation import metrics
-    from pipeline.evaluation.baselines import ItemKNNRecommender
-    from pipeline.model.recommender import Neighbourhood, mask_rows, top_k
-
-    weights = sorted(set(settings.weights))
-    if weights == [0.0]:
-        return None, {}
-    knn = ItemKNNRecommender("bm25", neighbours=settings.neighbours, k1=settings.k1, b=settings.b)
-    similarity = knn.fit(validation.train).similarity
-    tops: dict[float, list] = {w: [] for w in weights}
-    for start in range(0, len(users), 512):
-        batch = users[start : start + 512]
-        model_scores = ncf.score_users(batch)
-        rows = validation.train[batch]
-        for weight in weights:
-            blended = Neighbourhood(similarity, weight).blend(model_scores, rows)
-            tops[weight].append(top_k(mask_rows(blended.copy(), batch, validation.exclude), 10)[0])
-    truth = validation.truth[users]
-    by_weight = {
-        w: float(metrics.accuracy_per_user(np.concatenate(t), truth, 10)["ndcg"].mean())
-        for w, t in tops.items()
-    }
-    best = max(weights, key=lambda w: (by_weight[w], -w))  # ties go to the smaller weight
-    return (Neighbourhood(similarity, best) if best > 0 else None), by_weight
+    user_features, item_features = encoded
+    users = _with_feature_ids(io.read_parquet(ws.processed / "users.parquet"), user_features, "user_idx")
+    items = _with_feature_ids(io.read_parquet(ws.processed / "items.parquet"), item_features, "item_idx")
+    known = load_splits(ws) | {"dislike": io.read_parquet(ws.processed / "dislikes.parquet")}
+    with io.atomic_directory(ws.model) as out:
+        save_bundle(out, model, users, items, known, vocabulary, history.as_dict(), metadata, neighbourhood)
 
 
 def evaluate(ws: Workspace, params: Params) -> dict:
-    """Stage evaluate: NCF and every baseline, full ranking on the test split."""
+    """Stage evaluate: NCF and every baseline, full ranking on the test split under the protocol."""
     from pipeline.evaluation.baselines import make_baseline
-    from pipeline.evaluation.evaluate import EvaluationData
     from pipeline.evaluation.evaluate import evaluate as evaluate_model
     from pipeline.model.recommender import NCFRecommender
     from pipeline.storage.bundle import load_bundle
     from pipeline.storage.reports import write_reports
 
     settings = params.evaluate
-    users = io.read_parquet(ws.processed / "users.parquet", columns=["user_idx"])
-    items = io.read_parquet(ws.processed / "items.parquet")
-    data = EvaluationData.build(
-        load_splits(ws), items, len(users), "test", user_cohorts(ws, settings.cohort_top_countries)
-    )
+    data = evaluation_data(ws, params, "test", user_cohorts(ws, settings.cohort_top_countries))
     bundle = load_bundle(ws.model)
     features = bundle.user_feature_tensor(), bundle.item_feature_tensor()
     ncf = NCFRecommender(bundle.model, *features, data.train, neighbourhood=bundle.neighbourhood)
     reports = {"ncf": evaluate_model(ncf, data, settings.ks, settings.curve_max_k, batch_size=256)}
     if bundle.neighbourhood is not None:
         # The same network without its ItemKNN term: what the neural part alone contributes.
-        alone = NCFRecommender(bundle.model, *features, data.train)
+        alone = NCFRecommender(bundle.model, *features, data.train).share_item_cache(ncf)
         reports["ncf_without_neighbourhood"] = evaluate_model(
             alone, data, settings.ks, settings.curve_max_k, batch_size=256
         )
@@ -301,23 +300,18 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_REQUIREMENTS]
 
 
-def _production_on_split(client, production, ws: Workspace, params: Params) -> float:
-    """NDCG@10 of the production model measured on the current test split (through the registry)."""
-    import mlflow
-
-    from pipeline.evaluation.evaluate import EvaluationData, ndcg_at
-    from pipeline.ops.registry import MODEL_NAME
+def _production_on_split(ws: Workspace, params: Params, version: str) -> float:
+    """NDCG@10 of a registered version measured on the current test split (through the registry),
+    ranked exactly as the evaluator ranks the challenger."""
+    from pipeline.evaluation.evaluate import ndcg_at
+    from pipeline.ops.registry import load_recommender
     from pipeline.serving.service import RemappedRecommender
 
-    served = (
-        mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{production.version}")
-        .unwrap_python_model()
-        .recommender
-    )
+    served = load_recommender(ws.root, version)
+    data = evaluation_data(ws, params, "test")
     users = io.read_parquet(ws.processed / "users.parquet")
     items = io.read_parquet(ws.processed / "items.parquet")
-    data = EvaluationData.build(load_splits(ws), items, len(users), "test")
-    return ndcg_at(RemappedRecommender(served, users, items, data.train), data, k=10, batch_size=256)
+    return ndcg_at(RemappedRecommender(served, users, items, data.train), data, batch_size=256)
 
 
 def register_model(ws: Workspace, params: Params) -> dict:
@@ -390,7 +384,7 @@ def gate_and_promote(ws: Workspace, params: Params, version: str, promote: bool 
         and str(production.version) != str(candidate.version)
         and production.tags.get("split_version") != split_version
     ):
-        production_ndcg = _production_on_split(client, production, ws, params)
+        production_ndcg = _production_on_split(ws, params, str(production.version))
     popularity = candidate.tags.get("popularity_ndcg_at_10")
     decision = registry.evaluate_gate(
         candidate,

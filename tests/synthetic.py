@@ -2,7 +2,8 @@
 
 Readers belong to taste groups decided by their country and age; each group reads mostly its own
 shelf of books. So the right answer is known: a model should recommend a reader's own shelf, and a
-reader's country and age alone should point at it. The files carry the dump's quirks (latin-1,
+reader's country and age alone should point at it. Every twelfth book is another edition of the
+book before it ("... (Paperback)"), and each shelf's books come from six authors. The files carry the dump's quirks (latin-1,
 backslash-escaped quotes, a CRLF inside a Location, NULL and implausible ages, HTML entities,
 lower-case ISBN check digits, year 0).
 """
@@ -29,6 +30,7 @@ class SyntheticBX:
     n_books: int
     group_of_user: dict[str, int]  # raw User-ID -> group
     shelf_of_book: dict[str, int]  # ISBN (upper case) -> group
+    editions: tuple[tuple[str, str], ...] = ()  # pairs of ISBNs that are editions of one work
 
 
 def _isbn(i: int) -> str:
@@ -54,6 +56,7 @@ def write_synthetic_bx(
     n_books = books_per_group * n_groups
     shelf = np.repeat(np.arange(n_groups), books_per_group)
 
+    editions: list[tuple[str, str]] = []
     book_lines = [
         '"ISBN";"Book-Title";"Book-Author";"Year-Of-Publication";"Publisher";'
         '"Image-URL-S";"Image-URL-M";"Image-URL-L"'
@@ -66,6 +69,10 @@ def write_synthetic_bx(
         if i == 2:
             title = "Caf\u00e9 Stories \u00e0 Paris"
         author = f"Author {g}-{i % 6}"
+        if i % 12 == 11:  # another edition of the book before it, as the dump lists many
+            title = f"Tale {i - 1} of the {GROUPS[g][0].title()} Shelf (Paperback)"
+            author = f"Author {g}-{(i - 1) % 6}"
+            editions.append((_isbn(i - 1).upper(), _isbn(i).upper()))
         year = "0" if i == 3 else str(1960 + (i * 7) % 45)
         publisher = "Penguin &amp; Sons" if i % 5 == 0 else f"Press {g}"
         isbn = _isbn(i)
@@ -122,4 +129,5 @@ def write_synthetic_bx(
         n_books=n_books,
         group_of_user=group_of_user,
         shelf_of_book={_isbn(i).upper(): int(shelf[i]) for i in range(n_books)},
+        editions=tuple(editions),
     )

@@ -36,8 +36,7 @@ location = ", ".join(
 st.markdown(f"**Reader {user_id}** · age {age} · {location or 'location unknown'}")
 
 store = feedback_store()
-live = store.read_isbns(user_id)
-liked_live = store.positives(user_id, min_positive_rating=5)
+live, liked_live = model.live_history(store, user_id)
 read = model.read_items(user_id)
 with st.expander(f"Books read ({len(read)} known to the model, {len(live)} since)", expanded=False):
     shown = model.books(read[:24])

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import FeatureParams
+from pipeline.data.catalog import normalise_name
 
 UNKNOWN, OTHER = "<unknown>", "<other>"
 USER_FEATURES = ("age_bucket", "country", "region")
@@ -23,11 +24,6 @@ SOURCES = {
     "publisher": "items.publisher, case- and space-normalised",
     "decade": "items.year // 10",
 }
-
-
-def _normalise_name(values: pd.Series) -> pd.Series:
-    text = values.astype("string").str.lower().str.replace(r"[^\w]+", " ", regex=True).str.strip()
-    return text.where(text != "")
 
 
 def _region_key(country: pd.Series, region: pd.Series) -> pd.Series:
@@ -63,11 +59,11 @@ class FeatureVocabulary:
                 OTHER,
                 *_frequent(_region_key(users["country"], users["region"]), params.min_region_users),
             ),
-            "author": (UNKNOWN, OTHER, *_frequent(_normalise_name(items["author"]), params.min_author_items)),
+            "author": (UNKNOWN, OTHER, *_frequent(normalise_name(items["author"]), params.min_author_items)),
             "publisher": (
                 UNKNOWN,
                 OTHER,
-                *_frequent(_normalise_name(items["publisher"]), params.min_publisher_items),
+                *_frequent(normalise_name(items["publisher"]), params.min_publisher_items),
             ),
             "decade": (UNKNOWN, *(f"{d}s" for d in decades)),
         }
@@ -102,8 +98,8 @@ class FeatureVocabulary:
         decade = (year // 10 * 10).map(lambda d: pd.NA if pd.isna(d) else f"{int(d)}s")
         return pd.DataFrame(
             {
-                "author": self._lookup("author", _normalise_name(items["author"])),
-                "publisher": self._lookup("publisher", _normalise_name(items["publisher"])),
+                "author": self._lookup("author", normalise_name(items["author"])),
+                "publisher": self._lookup("publisher", normalise_name(items["publisher"])),
                 "decade": self._lookup("decade", decade, has_other=False),
             },
             index=items.index,

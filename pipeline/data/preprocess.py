@@ -1,4 +1,5 @@
-"""Protocol bx-implicit-v1, part one: positives, dislikes, the iterative k-core and the id maps (pure)."""
+"""The protocol, part one: positives, dislikes, the iterative k-core, the id maps and the catalog's
+works and authors (pure)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import PreprocessParams
+from pipeline.data.catalog import with_catalog_columns
+from pipeline.data.protocol import is_positive
 
 
 @dataclass
@@ -17,7 +20,7 @@ class Interactions:
     interactions: pd.DataFrame  # user_idx, item_idx, rating
     dislikes: pd.DataFrame  # user_idx, item_idx, rating: explicit ratings below the threshold, same id space
     users: pd.DataFrame  # user_idx, user_id, age, city, region, country
-    items: pd.DataFrame  # item_idx, isbn, title, author, year, publisher, image urls
+    items: pd.DataFrame  # item_idx, isbn, title, author, year, publisher, image urls, work_idx, author_idx
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -41,9 +44,9 @@ def build_interactions(
     counts: dict[str, int] = {"ratings_in": len(ratings)}
     in_catalog = ratings[ratings["isbn"].isin(books["isbn"])]
     counts["ratings_with_isbn_in_catalog"] = len(in_catalog)
-    is_positive = (in_catalog["rating"] == 0) | (in_catalog["rating"] >= params.min_explicit_rating)
-    positives = in_catalog[is_positive]
-    dislikes = in_catalog[~is_positive]
+    positive = is_positive(in_catalog["rating"], params.min_explicit_rating)
+    positives = in_catalog[positive]
+    dislikes = in_catalog[~positive]
     counts["positives"] = len(positives)
     counts["dislikes"] = len(dislikes)
     core = k_core(positives, params.user_core, params.item_core)
@@ -83,6 +86,6 @@ def build_interactions(
         interactions=encode(core),
         dislikes=encode(known_dislikes),
         users=user_table,
-        items=item_table,
+        items=with_catalog_columns(item_table),
         counts=counts,
     )

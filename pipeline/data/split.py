@@ -1,4 +1,4 @@
-"""Protocol bx-implicit-v1, part two: the seeded per-user random split (pure)."""
+"""The protocol, part two: the seeded per-user random split (pure)."""
 
 from __future__ import annotations
 

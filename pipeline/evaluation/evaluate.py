@@ -1,8 +1,12 @@
-"""The full-ranking evaluator: every test user, every item, read books excluded, one set of metrics.
+"""The full-ranking evaluator: every test user, every item, known books excluded, one set of metrics.
 
-Protocol: a model is fitted on train only; at test time each user's train and validation items are
-excluded and the remaining catalog is ranked. The same top-K lists feed every metric, so accuracy and
-beyond-accuracy figures always describe the same recommendations.
+Protocol bx-implicit-v2 (docs/metrics.md): a model is fitted on train only; at test time the catalog
+is ranked for each user by the one ranking path that serving uses, with the same exclusion rule
+(the user's train and validation books, their explicit ratings 1-4, and every other edition of
+those) and the same list rules (one edition per work, the author cap). A held-out book that the rule
+excludes (another edition of a known book) can be recommended by no model and leaves the truth.
+The same top-K lists feed every metric, so accuracy and beyond-accuracy figures describe the same
+recommendations.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from pipeline.data.catalog import Catalog
+from pipeline.data.protocol import PROTOCOL
 from pipeline.evaluation import metrics
 from pipeline.model.recommender import Recommender
+from pipeline.ranking import SERVING_DEFAULT, ListRules, Ranker
 
+V1 = "bx-implicit-v1"  # the protocol before serving's exclusion rule and list rules
 ACTIVITY_BUCKETS = (1, 5, 10, 20, 50)  # left edges of training-interaction-count buckets
 
 
@@ -49,9 +57,10 @@ class EvaluationData:
     """Everything the evaluator needs, built once and shared by every model."""
 
     train: sp.csr_matrix
-    exclude: sp.csr_matrix  # train + validation: never recommended at test time
+    exclude: sp.csr_matrix  # known books (and their other editions): never recommended at scoring time
     truth: sp.csr_matrix  # the held-out split being scored (test, or validation for tuning)
     item_content: sp.csr_matrix
+    ranker: Ranker  # the one ranking path, with the catalog and the list rules that serving uses
     cohorts: pd.DataFrame = field(default_factory=pd.DataFrame)  # index user_idx; one column per slicing
 
     @property
@@ -65,6 +74,14 @@ class EvaluationData:
     def users_with_truth(self) -> np.ndarray:
         return np.flatnonzero(np.diff(self.truth.indptr) > 0)
 
+    def lists(
+        self, recommender: Recommender, users: np.ndarray, k: int, batch_size: int = 2048
+    ) -> np.ndarray:
+        """(len(users), k) item indices: what `recommender` would serve these users under the protocol."""
+        return recommender.recommend(
+            users, k=k, exclude=self.exclude, ranker=self.ranker, batch_size=batch_size
+        )[0]
+
     @classmethod
     def build(
         cls,
@@ -73,18 +90,39 @@ class EvaluationData:
         n_users: int,
         target: str = "test",
         cohorts: pd.DataFrame | None = None,
+        dislikes: pd.DataFrame | None = None,
+        rules: ListRules = SERVING_DEFAULT,
+        protocol: str = PROTOCOL,
     ) -> EvaluationData:
+        """`target` "test": train + validation are known; "validation": train is known. Known books,
+        the user's `dislikes` and every other edition of either are excluded (and leave the truth).
+
+        `protocol` "bx-implicit-v1" is the previous rule, kept to compare figures across the change:
+        only the known positives are excluded and no list rule applies."""
         n_items = len(items)
-        train = interaction_matrix(splits["train"], n_users, n_items)
-        if target == "test":
-            exclude = interaction_matrix(pd.concat([splits["train"], splits["validation"]]), n_users, n_items)
-        elif target == "validation":
-            exclude = train
-        else:
+        known_splits = {"test": ["train", "validation"], "validation": ["train"]}.get(target)
+        if known_splits is None:
             raise ValueError(f"target must be 'test' or 'validation', not {target!r}")
+        known = [splits[name] for name in known_splits]
+        if protocol == V1:
+            exclude = interaction_matrix(pd.concat(known), n_users, n_items)
+            catalog, rules = Catalog.of_distinct_items(n_items), ListRules(one_per_work=False)
+        elif protocol == PROTOCOL:
+            catalog = Catalog.from_items(items)
+            known += [dislikes] if dislikes is not None else []
+            exclude = catalog.with_editions(interaction_matrix(pd.concat(known), n_users, n_items))
+        else:
+            raise ValueError(f"protocol must be {PROTOCOL!r} or {V1!r}, not {protocol!r}")
         truth = interaction_matrix(splits[target], n_users, n_items)
+        truth = (truth - truth.multiply(exclude)).tocsr()
+        truth.eliminate_zeros()
         return cls(
-            train, exclude, truth, content_vectors(items), cohorts if cohorts is not None else pd.DataFrame()
+            interaction_matrix(splits["train"], n_users, n_items),
+            exclude,
+            truth,
+            content_vectors(items),
+            Ranker(catalog, rules),
+            cohorts if cohorts is not None else pd.DataFrame(),
         )
 
 
@@ -137,9 +175,7 @@ def evaluate(
     users = data.users_with_truth()
     max_k = max(curve_max_k, *ks)
     started = time.perf_counter()
-    top, _ = recommender.recommend(
-        users, k=max_k, filter_seen=True, exclude=data.exclude, batch_size=batch_size
-    )
+    top = data.lists(recommender, users, max_k, batch_size)
     rank_seconds = time.perf_counter() - started
     truth = data.truth[users]
     popularity = metrics.item_popularity(data.train)
@@ -186,8 +222,19 @@ def evaluate(
     )
 
 
-def ndcg_at(recommender: Recommender, data: EvaluationData, k: int = 10, batch_size: int = 2048) -> float:
-    """Just NDCG@k over every user with truth: the cheap figure for early stopping."""
-    users = data.users_with_truth()
-    top, _ = recommender.recommend(users, k=k, exclude=data.exclude, batch_size=batch_size)
-    return float(metrics.accuracy_per_user(top, data.truth[users], k)["ndcg"].mean())
+def ndcg_of(top: np.ndarray, truth: sp.csr_matrix, k: int = 10) -> float:
+    """Mean NDCG@k of lists (rows aligned with `truth`'s rows)."""
+    return float(metrics.accuracy_per_user(top, truth, k)["ndcg"].mean())
+
+
+def ndcg_at(
+    recommender: Recommender,
+    data: EvaluationData,
+    users: np.ndarray | None = None,
+    k: int = 10,
+    batch_size: int = 2048,
+) -> float:
+    """Just NDCG@k over `users` (default: every user with truth): the figure for early stopping and
+    for the gate's re-measurement."""
+    users = data.users_with_truth() if users is None else np.asarray(users, dtype=np.int64)
+    return ndcg_of(data.lists(recommender, users, k, batch_size), data.truth[users], k)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,18 +53,6 @@ class NCFConfig:
     @classmethod
     def from_json(cls, data: dict) -> NCFConfig:
         return cls(**{**data, "mlp_layers": tuple(data["mlp_layers"])})
-
-
-def history_matrix(indptr, indices, n_items: int, alpha: float) -> torch.Tensor:
-    """Sparse (B, n_items) weights |H_u| ** -alpha over each user's books, from a batch's CSR arrays."""
-    indptr = torch.as_tensor(indptr, dtype=torch.long)
-    indices = torch.as_tensor(indices, dtype=torch.long)
-    lengths = indptr[1:] - indptr[:-1]
-    rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    weights = lengths.clamp(min=1).float().pow(-alpha)[rows]
-    return torch.sparse_coo_tensor(
-        torch.stack([rows, indices]), weights, (len(lengths), n_items), check_invariants=False
-    ).coalesce()
 
 
 class HistoryTerms(NamedTuple):
@@ -152,29 +141,22 @@ class NCF(nn.Module):
 
     # -- representations -------------------------------------------------------------------------
 
-    def history_terms(self, history: torch.Tensor) -> HistoryTerms | None:
-        """History part of the user vectors from a sparse (B, n_items) weight matrix (`history_matrix`)."""
+    def history_terms(self, rows: sp.csr_matrix) -> HistoryTerms | None:
+        """History part of the user vectors for readers given as binary CSR rows over the items:
+        one weighted EmbeddingBag per tower, |H| ** -alpha per reader."""
         if not self.config.use_history:
             return None
-        return HistoryTerms(
-            torch.sparse.mm(history, self.user_gmf.history.weight),
-            torch.sparse.mm(history, self.user_mlp.history.weight),
-        )
-
-    def history_terms_from_lists(self, histories: list) -> HistoryTerms | None:
-        """History terms for a few readers given as lists of item indices: one EmbeddingBag per tower,
-        cheaper than building a sparse matrix when serving single requests."""
-        if not self.config.use_history:
-            return None
-        lengths = torch.tensor([len(h) for h in histories], dtype=torch.long)
-        flat = torch.as_tensor(np.concatenate(histories) if len(histories) else np.empty(0), dtype=torch.long)
-        offsets = torch.cumsum(lengths, 0) - lengths
+        indptr = torch.from_numpy(np.asarray(rows.indptr, dtype=np.int64))
+        flat = torch.from_numpy(np.asarray(rows.indices, dtype=np.int64))
+        lengths = indptr[1:] - indptr[:-1]
         weights = torch.repeat_interleave(
             lengths.clamp(min=1).float().pow(-self.config.history_alpha), lengths
         )
         return HistoryTerms(
             *(
-                F.embedding_bag(flat, tower.history.weight, offsets, mode="sum", per_sample_weights=weights)
+                F.embedding_bag(
+                    flat, tower.history.weight, indptr[:-1], mode="sum", per_sample_weights=weights
+                )
                 for tower in (self.user_gmf, self.user_mlp)
             )
         )

@@ -56,6 +56,17 @@ def production_version(client) -> Any | None:
     return _alias_version(client, PRODUCTION)
 
 
+def load_recommender(root, version: str):
+    """The one way to load a registered version: its MLflow pyfunc, unwrapped to the
+    `BookRecommender` it serves through (the API, the dashboard and the gate all call this)."""
+    import mlflow
+
+    from pipeline.ops import tracking
+
+    tracking.client(root)
+    return mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}").unwrap_python_model().recommender
+
+
 def find_version(client, fingerprint: str) -> Any | None:
     """The version registered for this exact model (weights + config + data), if any."""
     found = client.search_model_versions(f"name='{MODEL_NAME}' and tags.fingerprint='{fingerprint}'")

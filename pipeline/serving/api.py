@@ -36,6 +36,12 @@ MAX_BODY_BYTES = 64 * 1024
 USER_ID = PathParam(min_length=1, max_length=32, pattern=r"^[\w.-]+$", description="Book-Crossing User-ID")
 ISBN = PathParam(min_length=1, max_length=32, pattern=r"^[\w.-]+$", description="ISBN-10 or ISBN-13")
 K = Query(10, ge=1, le=MAX_K, description="How many books")
+MAX_PER_AUTHOR = Query(
+    None,
+    ge=0,
+    le=MAX_K,
+    description="At most this many books by one author (0: no cap; default: the model's)",
+)
 
 
 class Book(BaseModel):
@@ -135,23 +141,13 @@ class ModelHolder:
 
 
 def registry_holder(root: Path, poll_seconds: float) -> ModelHolder:
-    import mlflow
-
     from pipeline.ops import registry, tracking
 
     def lookup() -> str | None:
         version = registry.production_version(tracking.client(root))
         return None if version is None else str(version.version)
 
-    def load(version: str) -> BookRecommender:
-        tracking.client(root)
-        return (
-            mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{version}")
-            .unwrap_python_model()
-            .recommender
-        )
-
-    return ModelHolder(load, lookup, poll_seconds)
+    return ModelHolder(lambda version: registry.load_recommender(root, version), lookup, poll_seconds)
 
 
 class GuardAndMeasure:
@@ -206,9 +202,7 @@ class GuardAndMeasure:
         )
 
 
-def create_app(
-    holder: ModelHolder, feedback: FeedbackStore, min_positive_rating: int = 5, start_polling: bool = True
-) -> FastAPI:
+def create_app(holder: ModelHolder, feedback: FeedbackStore, start_polling: bool = True) -> FastAPI:
     metrics_registry = CollectorRegistry()
     requests = Counter("bookrec_requests", "HTTP requests", ["endpoint", "status"], registry=metrics_registry)
     latency = Histogram(
@@ -271,12 +265,15 @@ def create_app(
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/recommendations/{user_id}", response_model=Recommendations)
-    async def recommend(user_id: str = USER_ID, k: int = K) -> dict:
+    async def recommend(
+        user_id: str = USER_ID, k: int = K, max_per_author: int | None = MAX_PER_AUTHOR
+    ) -> dict:
         """Top-k books for a reader; a reader the model has never seen gets the cold-start answer."""
         model = served()
-        read, liked = feedback.reads_and_likes(user_id, min_positive_rating)
+        read, liked = model.recommender.live_history(feedback, user_id)
+        rules = model.recommender.rules_for("default" if max_per_author is None else max_per_author)
         ids, scores = await batcher.rank(
-            model.recommender, user_id, k, extra_reads=liked, extra_excluded=read
+            model.recommender, user_id, k, extra_reads=liked, extra_excluded=read, rules=rules
         )
         return {
             "user_id": user_id,
@@ -298,13 +295,15 @@ def create_app(
         }
 
     @app.get("/books/{isbn}/similar", response_model=SimilarBooks)
-    async def similar(isbn: str = ISBN, k: int = K) -> dict:
+    async def similar(isbn: str = ISBN, k: int = K, max_per_author: int | None = MAX_PER_AUTHOR) -> dict:
+        """The books most similar to one book: never another edition of it, one edition per work."""
         model = served()
         try:
             query = model.recommender.item_indices([isbn])
         except UnknownBookError as err:
             raise HTTPException(404, str(err)) from None
-        ids, scores = model.recommender.rank_similar(query, k)
+        rules = model.recommender.rules_for("default" if max_per_author is None else max_per_author)
+        ids, scores = model.recommender.rank_similar(query, k, rules)
         return {
             "isbn": isbn.upper(),
             "model_version": model.version,
@@ -331,11 +330,4 @@ def create_app(
 
 
 def build_app(root: Path, poll_seconds: float = 10.0) -> FastAPI:
-    from pipeline.config import load_params
-
-    params = load_params(root)
-    return create_app(
-        registry_holder(root, poll_seconds),
-        FeedbackStore.for_root(root),
-        params.preprocess.min_explicit_rating,
-    )
+    return create_app(registry_holder(root, poll_seconds), FeedbackStore.for_root(root))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.ranking import ListRules
 from pipeline.serving.service import BookRecommender, Reader
 
 
@@ -26,6 +27,7 @@ class RankRequest:
     reader: Reader | None = None  # for readers the model does not know: age, location, liked books
     extra_reads: tuple[str, ...] = ()
     extra_excluded: tuple[str, ...] = ()
+    rules: ListRules | None = None  # None: the model's list rules
     future: asyncio.Future | None = field(default=None, repr=False)  # set by `RankBatcher.rank`
 
 
@@ -45,6 +47,7 @@ def rank_together(requests: list[RankRequest]) -> list[tuple[np.ndarray, np.ndar
         readers={i: r.reader for i, r in zip(ids, requests, strict=True) if r.reader is not None},
         extra_reads={i: r.extra_reads for i, r in zip(ids, requests, strict=True)},
         extra_excluded={i: r.extra_excluded for i, r in zip(ids, requests, strict=True)},
+        rules=[r.rules or recommender.ranker.rules for r in requests],
     )
     return [(ranked[row, : r.k], scores[row, : r.k]) for row, r in enumerate(requests)]
 
@@ -65,6 +68,7 @@ class RankBatcher:
         reader: Reader | None = None,
         extra_reads: Iterable[str] = (),
         extra_excluded: Iterable[str] = (),
+        rules: ListRules | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         loop = asyncio.get_running_loop()
         request = RankRequest(
@@ -74,6 +78,7 @@ class RankBatcher:
             reader,
             tuple(extra_reads),
             tuple(extra_excluded),
+            rules,
             loop.create_future(),
         )
         self.pending.append(request)

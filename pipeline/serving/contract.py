@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-DEFAULT_PARAMS = {"exclude": "all", "mode": "recommend"}
+DEFAULT_PARAMS = {"exclude": "all", "mode": "recommend", "max_per_author": "default"}
 
 
 def bundle_artifacts(folder: Path) -> dict[str, str]:

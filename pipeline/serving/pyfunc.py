@@ -6,7 +6,8 @@ model has never seen, optionally `age`, `location` and `liked_isbns` (comma-sepa
 row per recommendation, `user_id`, `rank` (1 = best), `isbn`, `score`.
 Params: `exclude` = "all" (every book the reader is known to have read; default) or "train" (train and
 validation only, which reproduces the test metrics); `mode` = "recommend" (default) or "similar"
-(an `isbn` column in; out `isbn`, `rank`, `similar_isbn`, `score`).
+(an `isbn` column in; out `isbn`, `rank`, `similar_isbn`, `score`); `max_per_author` = "default"
+(the model's cap) or a number (0: no cap).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class BookRecModel(PythonModel):
         from pipeline.serving.service import Reader
 
         params = {**DEFAULT_PARAMS, **(params or {})}
+        cap = params["max_per_author"]
+        rules = self.recommender.rules_for(cap if cap == "default" else int(cap))
         frame = pd.DataFrame(model_input)
         k_values = frame["k"] if "k" in frame else pd.Series(10, index=frame.index)
         if k_values.isna().any():
@@ -41,7 +44,7 @@ class BookRecModel(PythonModel):
             if "isbn" not in frame:
                 raise ValueError("mode 'similar' needs an 'isbn' column")
             parts = [
-                self.recommender.similar_books([isbn], int(k))
+                self.recommender.similar_books([isbn], int(k), rules)
                 for isbn, k in zip(frame["isbn"], k_values, strict=True)
             ]
             return (
@@ -67,7 +70,11 @@ class BookRecModel(PythonModel):
         for k, group in frame.groupby(k_values.astype(int), sort=False):
             parts.append(
                 self.recommender.recommend(
-                    group["user_id"].astype(str).tolist(), int(k), exclude=params["exclude"], readers=readers
+                    group["user_id"].astype(str).tolist(),
+                    int(k),
+                    exclude=params["exclude"],
+                    readers=readers,
+                    rules=rules,
                 )
             )
         return pd.concat(parts, ignore_index=True)

@@ -17,52 +17,32 @@ import scipy.sparse as sp
 import torch
 
 from pipeline.data.locations import split_location
-from pipeline.model.recommender import NCFRecommender, Recommender, history_rows, top_k
-from pipeline.storage.bundle import Bundle, load_bundle
+from pipeline.data.protocol import is_positive
+from pipeline.model.recommender import NCFRecommender, Recommender
+from pipeline.ranking import ListRules, Ranker
+from pipeline.storage.bundle import POSITIVES, Bundle, load_bundle
 
 EXCLUDE_MODES = ("all", "train")
 MAX_K = 200
 
 
-def other_editions(items: pd.DataFrame) -> sp.csr_matrix:
-    """(items x items) links between different ISBNs of the same book: same author and the same title
-    once edition notes in parentheses, case and punctuation are set aside."""
-
-    def key(values: pd.Series) -> pd.Series:
-        return (
-            values.fillna("")
-            .str.lower()
-            .str.replace(r"\([^)]*\)", " ", regex=True)
-            .str.replace(r"[^\w]+", " ", regex=True)
-            .str.split()
-            .str.join(" ")
-        )
-
-    work = key(items["title"]) + "|" + key(items["author"])
-    work = work.where(key(items["title"]) != "")
-    codes, _ = pd.factorize(work)  # -1 for books without a title
-    rows, cols = [], []
-    for members in pd.Series(np.arange(len(items))).groupby(codes).groups.values():
-        members = np.asarray(members)
-        if len(members) > 1 and codes[members[0]] >= 0:
-            rows.append(np.repeat(members, len(members)))
-            cols.append(np.tile(members, len(members)))
-    if not rows:
-        return sp.csr_matrix((len(items), len(items)), dtype=np.int8)
-    rows, cols = np.concatenate(rows), np.concatenate(cols)
-    return sp.csr_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(len(items), len(items)))
+def item_rows(lists: list[np.ndarray], n_items: int) -> sp.csr_matrix:
+    """A binary (len(lists), n_items) matrix from lists of item indices (duplicates collapse)."""
+    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    indices = np.concatenate(lists).astype(np.int64) if len(lists) else np.empty(0, np.int64)
+    rows = sp.csr_matrix(
+        (np.ones(len(indices), dtype=np.float32), indices, np.concatenate([[0], np.cumsum(lengths)])),
+        shape=(len(lists), n_items),
+    )
+    rows.sum_duplicates()
+    rows.data[:] = 1.0
+    return rows
 
 
-def ann_index(vectors: np.ndarray):
-    """An HNSW index (hnswlib) over unit vectors: inner product is cosine similarity. Used for similar
-    books once the catalog outgrows exact search (the `serve.ann_threshold` of params.yaml)."""
-    import hnswlib
-
-    index = hnswlib.Index(space="ip", dim=vectors.shape[1])
-    index.init_index(max_elements=len(vectors), ef_construction=200, M=16, random_seed=42)
-    index.add_items(vectors, np.arange(len(vectors)), num_threads=1)
-    index.set_ef(200)
-    return index
+def binary_union(*matrices: sp.csr_matrix) -> sp.csr_matrix:
+    union = sum(matrices[1:], matrices[0]).tocsr()
+    union.data[:] = 1.0
+    return union
 
 
 def _text(value) -> str | None:
@@ -91,15 +71,11 @@ class BookRecommender:
         self.model = bundle.model
         self.items = bundle.items
         self.users = bundle.users
+        self.min_explicit_rating = int(bundle.metadata.get("min_explicit_rating", 5))
         # Plain dicts: a lookup on the hot path costs a fraction of a microsecond.
         self.user_index = {str(u): i for i, u in enumerate(bundle.users["user_id"])}
         self.item_index = {str(isbn): i for i, isbn in enumerate(bundle.items["isbn"])}
         self.isbns = bundle.items["isbn"].astype(str).to_numpy(dtype=object)
-        editions = other_editions(bundle.items)
-        self._editions = {
-            item: editions.indices[editions.indptr[item] : editions.indptr[item + 1]]
-            for item in np.flatnonzero(np.diff(editions.indptr))
-        }
         self._records = [
             {
                 "isbn": str(row.isbn),
@@ -111,32 +87,41 @@ class BookRecommender:
             }
             for row in bundle.items.itertuples(index=False)
         ]
-        user_features = bundle.user_feature_tensor()
-        item_features = bundle.item_feature_tensor()
-        everything = bundle.matrix(("train", "validation", "test"))
-        train = bundle.matrix(("train",))
-        # "all": the representation and the exclusion use every book the reader is known to have read.
-        # "train": exactly the evaluation protocol (history = train, excluded = train + validation).
-        self.engines = {
-            "all": NCFRecommender(
-                self.model, user_features, item_features, everything, everything, bundle.neighbourhood
-            ),
-            "train": NCFRecommender(
-                self.model,
-                user_features,
-                item_features,
-                train,
-                bundle.matrix(("train", "validation")),
-                bundle.neighbourhood,
-            ),
-        }
-        self.engines["train"]._cache = self.engines["all"].item_cache()  # same weights, one item cache
-        self._item_vectors = self.engines["all"].item_vectors()
-        self._normalised = self._item_vectors / np.maximum(
-            np.linalg.norm(self._item_vectors, axis=1, keepdims=True), 1e-12
-        ).astype(np.float32)
-        threshold = bundle.metadata.get("ann_threshold", 100_000)
-        self._ann = ann_index(self._normalised) if bundle.n_items > threshold else None
+        self.catalog = bundle.catalog
+        self.ranker = Ranker(
+            self.catalog, ListRules(one_per_work=True, max_per_author=bundle.metadata.get("max_per_author"))
+        )
+        self.engines = self._engines(bundle)
+        self.similarity = self.engines["all"].similarity(bundle.metadata.get("ann_threshold", 100_000))
+
+    @staticmethod
+    def _engines(bundle: Bundle) -> dict[str, NCFRecommender]:
+        """ "all": the representation and the exclusion use everything the reader is known to have
+        read or rated. "train": exactly the evaluation protocol (history = train; excluded = train,
+        validation, dislikes, and their other editions). One extra empty row (index n_users) stands for
+        readers the model does not know, so every reader indexes the same matrices."""
+        user_features, item_features = bundle.user_feature_tensor(), bundle.item_feature_tensor()
+
+        def padded(matrix: sp.csr_matrix) -> sp.csr_matrix:
+            return sp.vstack([matrix, sp.csr_matrix((1, bundle.n_items), dtype=np.float32)]).tocsr()
+
+        every = NCFRecommender(
+            bundle.model,
+            user_features,
+            item_features,
+            padded(bundle.matrix(POSITIVES)),
+            padded(bundle.exclusion()),
+            bundle.neighbourhood,
+        )
+        train = NCFRecommender(
+            bundle.model,
+            user_features,
+            item_features,
+            padded(bundle.matrix(("train",))),
+            padded(bundle.exclusion(("train", "validation", "dislike"))),
+            bundle.neighbourhood,
+        ).share_item_cache(every)
+        return {"all": every, "train": train}
 
     @classmethod
     def from_folder(cls, folder) -> BookRecommender:
@@ -175,9 +160,8 @@ class BookRecommender:
     def popularity(self) -> np.ndarray:
         """Number of readers known to have read each book."""
         if not hasattr(self, "_popularity"):
-            self._popularity = np.bincount(
-                self.bundle.interactions["item_idx"], minlength=self.bundle.n_items
-            )
+            history = self.engines["all"].history
+            self._popularity = np.bincount(history.indices, minlength=self.bundle.n_items)
         return self._popularity
 
     def search(self, query: str, limit: int = 30) -> pd.DataFrame:
@@ -195,7 +179,7 @@ class BookRecommender:
 
     def example_users(self, n: int = 6, min_reads: int = 15, max_reads: int = 60) -> list[str]:
         """A few readers with a telling history, for the dashboard's examples (deterministic)."""
-        counts = np.bincount(self.bundle.interactions["user_idx"], minlength=self.bundle.n_users)
+        counts = np.diff(self.engines["all"].history.indptr)[: self.bundle.n_users]
         candidates = np.flatnonzero((counts >= min_reads) & (counts <= max_reads))
         chosen = (
             candidates[np.linspace(0, len(candidates) - 1, num=min(n, len(candidates)), dtype=int)]
@@ -211,7 +195,8 @@ class BookRecommender:
             raise ValueError(f"k must be between 1 and {MAX_K}, not {k}")
         return int(k)
 
-    def _features_for(self, readers: list[Reader]) -> torch.Tensor:
+    def encode_readers(self, readers: list[Reader]) -> torch.Tensor:
+        """Side-feature ids of readers the model does not know, encoded exactly like training users."""
         table = pd.DataFrame({"age": [r.age for r in readers], "location": [r.location for r in readers]})
         places = split_location(table["location"].astype("string"))
         ages = pd.to_numeric(table["age"], errors="coerce")
@@ -222,20 +207,19 @@ class BookRecommender:
             encoded[["age_bucket", "country", "region"]].to_numpy(dtype=np.int64, copy=True)
         )
 
-    def score_readers(
-        self, user_rows: np.ndarray, features: torch.Tensor, histories: list[np.ndarray], mode: str = "all"
-    ) -> np.ndarray:
-        """(B, n_items) scores for readers given as model rows (n_users = unknown), side-feature ids and
-        histories (item indices): the primitive every recommendation goes through."""
-        engine = self.engines[mode]
-        with torch.inference_mode():
-            users = torch.as_tensor(user_rows, dtype=torch.long)
-            terms = self.model.history_terms_from_lists(histories)
-            vectors = self.model.user_vectors(users, features, terms)
-            scores = self.model.score_all_items(vectors, engine.item_cache()).numpy()
-        if self.bundle.neighbourhood is None:
-            return scores
-        return self.bundle.neighbourhood.blend(scores, history_rows(histories, self.bundle.n_items))
+    def live_history(self, store, user_id: str) -> tuple[list[str], list[str]]:
+        """(every ISBN the reader told the feedback store about, the ones that count as positives by
+        this model's protocol): what the API and the dashboard fold in and exclude."""
+        latest = store.latest_ratings(user_id)
+        liked = [isbn for isbn, rating in latest.items() if is_positive(rating, self.min_explicit_rating)]
+        return sorted(latest), sorted(liked)
+
+    def rules_for(self, max_per_author: int | None | str = "default") -> ListRules:
+        """The model's list rules, with the author cap overridden (0 or None: no cap) unless "default"."""
+        if max_per_author == "default":
+            return self.ranker.rules
+        cap = int(max_per_author) if max_per_author else None
+        return ListRules(one_per_work=True, max_per_author=cap)
 
     def recommend(
         self,
@@ -245,15 +229,16 @@ class BookRecommender:
         readers: Mapping[str, Reader] | None = None,
         extra_reads: Mapping[str, Iterable[str]] | None = None,
         extra_excluded: Mapping[str, Iterable[str]] | None = None,
+        rules: ListRules | None = None,
     ) -> pd.DataFrame:
         """Top-k books per reader, one row per recommendation: user_id, rank, isbn, score.
 
         Known readers get their model representation; `extra_reads` (books liked since training) are
         folded into their history, and they and `extra_excluded` (say, books read and disliked) are
-        never recommended. Unknown readers get the cold-start path from `readers[user_id]` (age,
-        location, liked books), or from nothing at all.
+        never recommended, nor any other edition of them. Unknown readers get the cold-start path from
+        `readers[user_id]` (age, location, liked books), or from nothing at all.
         """
-        ids, best = self.rank(user_ids, k, exclude, readers, extra_reads, extra_excluded)
+        ids, best = self.rank(user_ids, k, exclude, readers, extra_reads, extra_excluded, rules)
         return self._frame("user_id", [str(u).strip() for u in user_ids], ids, best, "isbn")
 
     def rank(
@@ -264,47 +249,58 @@ class BookRecommender:
         readers: Mapping[str, Reader] | None = None,
         extra_reads: Mapping[str, Iterable[str]] | None = None,
         extra_excluded: Mapping[str, Iterable[str]] | None = None,
+        rules: ListRules | list[ListRules] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """`recommend` as arrays: item indices (-1 pads) and scores, one row per reader."""
+        """`recommend` as arrays: item indices (-1 pads) and scores, one row per reader. `rules` is one
+        `ListRules` for every reader, or one per reader (default: the model's)."""
         k = self.validate_k(k)
         if exclude not in EXCLUDE_MODES:
             raise ValueError(f"exclude must be one of {', '.join(EXCLUDE_MODES)}, not {exclude!r}")
-        engine = self.engines[exclude]
-        readers = readers or {}
-        extra_reads = extra_reads or {}
-        extra_excluded = extra_excluded or {}
-        rows, features, histories, excluded = [], [], [], []
-        unknown = np.int64(self.bundle.n_users)
-        for user_id in user_ids:
-            user_id = str(user_id).strip()
-            index = self.known_user(user_id)
-            extra = self.item_indices(extra_reads.get(user_id, ()), strict=False)
-            also_excluded = self.item_indices(extra_excluded.get(user_id, ()), strict=False)
-            if index is not None:
-                history = engine.history.indices[
-                    engine.history.indptr[index] : engine.history.indptr[index + 1]
-                ]
-                seen = engine.seen.indices[engine.seen.indptr[index] : engine.seen.indptr[index + 1]]
-                rows.append(index)
-                features.append(engine.user_features[index])
-            else:
-                reader = readers.get(user_id, Reader())
-                liked = self.item_indices(reader.liked_isbns, strict=False)
-                history, seen = liked, liked
-                rows.append(unknown)
-                features.append(self._features_for([reader])[0])
-            histories.append(np.unique(np.concatenate([history, extra]).astype(np.int64)))
-            known = np.concatenate([seen, extra, also_excluded]).astype(np.int64)
-            if exclude == "all":  # a reader who read one edition of a book has read the book
-                linked = [self._editions[item] for item in known.tolist() if item in self._editions]
-                known = np.concatenate([known, *linked])
-            excluded.append(np.unique(known))
-        if not rows:
+        if not user_ids:
             return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)
-        scores = self.score_readers(np.asarray(rows), torch.stack(features), histories, exclude)
-        for row, items in enumerate(excluded):
-            scores[row, items] = -np.inf
-        return top_k(scores, k)
+        engine = self.engines[exclude]
+        rows, features, history, excluded = self._readers(
+            engine, [str(u).strip() for u in user_ids], readers or {}, extra_reads or {}, extra_excluded or {}
+        )
+        scores = engine.score_rows(rows, features, history)
+        per_reader = rules if isinstance(rules, list) else [rules or self.ranker.rules] * len(rows)
+        ids = np.full((len(rows), k), -1, dtype=np.int64)
+        best = np.full((len(rows), k), -np.inf, dtype=np.float32)
+        for group_rules in set(per_reader):  # readers asking for the same rules are ranked together
+            group = np.flatnonzero([r == group_rules for r in per_reader])
+            ranker = Ranker(self.catalog, group_rules)
+            ids[group], best[group] = ranker.top_k(scores[group], excluded[group], k)
+        return ids, best
+
+    def _readers(self, engine, user_ids, readers, extra_reads, extra_excluded):
+        """Model rows, side-feature ids, history rows and exclusion rows for a batch of readers.
+
+        Known readers bring their row of the bundle's exclusion; for everyone, books read since
+        training (`extra_reads`, folded into the history), `extra_excluded` and an unknown reader's
+        liked books are excluded too, with every other edition of them."""
+        unknown = self.bundle.n_users
+        rows = np.array([self.user_index.get(u, unknown) for u in user_ids], dtype=np.int64)
+        features = engine.user_features[torch.as_tensor(rows)]
+        added, also_excluded = [], []
+        for row, user_id in zip(rows, user_ids, strict=True):
+            extra = self.item_indices(extra_reads.get(user_id, ()), strict=False)
+            if row == unknown:
+                reader = readers.get(user_id, Reader())
+                extra = np.concatenate([self.item_indices(reader.liked_isbns, strict=False), extra])
+            added.append(extra)
+            also_excluded.append(self.item_indices(extra_excluded.get(user_id, ()), strict=False))
+        cold = np.flatnonzero(rows == unknown)
+        if len(cold):
+            features = features.clone()
+            features[torch.as_tensor(cold)] = self.encode_readers(
+                [readers.get(user_ids[i], Reader()) for i in cold]
+            )
+        added_rows = item_rows(added, self.bundle.n_items)
+        history = binary_union(engine.history[rows], added_rows)
+        new_exclusions = self.catalog.with_editions(
+            binary_union(added_rows, item_rows(also_excluded, self.bundle.n_items))
+        )
+        return rows, features, history, binary_union(engine.seen[rows], new_exclusions)
 
     def book_records(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
         """One ranked list as dicts (rank, isbn, score and the book's details), for JSON answers."""
@@ -314,36 +310,24 @@ class BookRecommender:
             if item >= 0
         ]
 
-    def encode_readers(self, readers: list[Reader]) -> torch.Tensor:
-        return self._features_for(readers)
-
     def recommend_new_reader(self, reader: Reader, k: int = 10) -> pd.DataFrame:
         return self.recommend(["<new reader>"], k, readers={"<new reader>": reader}).drop(columns="user_id")
 
-    def similar_books(self, isbns: list[str], k: int = 10) -> pd.DataFrame:
+    def similar_books(self, isbns: list[str], k: int = 10, rules: ListRules | None = None) -> pd.DataFrame:
         """Nearest books by cosine similarity of the model's item vectors: isbn, rank, similar_isbn, score."""
         k = self.validate_k(k)
         queries = self.item_indices(isbns)
-        ids, best = self.rank_similar(queries, k)
+        ids, best = self.rank_similar(queries, k, rules)
         return self._frame("isbn", [str(i).strip().upper() for i in isbns], ids, best, "similar_isbn")
 
-    def rank_similar(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def rank_similar(
+        self, queries: np.ndarray, k: int, rules: ListRules | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Similar books through the one ranking path: never an edition of the query, one edition per
+        work, the author cap."""
         k = self.validate_k(k)
-        if self._ann is not None:
-            labels, distances = self._ann.knn_query(
-                self._normalised[queries], k=min(k + 1, self.bundle.n_items)
-            )
-            ids = np.full((len(queries), k), -1, dtype=np.int64)
-            scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-            for row, query in enumerate(queries):
-                keep = labels[row] != query  # a book is never its own neighbour
-                found = labels[row][keep][:k]
-                ids[row, : len(found)] = found
-                scores[row, : len(found)] = 1.0 - distances[row][keep][:k]
-            return ids, scores
-        similarity = self._normalised[queries] @ self._normalised.T
-        similarity[np.arange(len(queries)), queries] = -np.inf
-        return top_k(similarity, k)
+        ranker = Ranker(self.catalog, rules or self.ranker.rules)
+        return self.engines["all"].similar_items(queries, k, ranker)
 
     def because_you_read(self, user_id: str, isbn: str, extra_reads: Iterable[str] = ()) -> str | None:
         """The book in the reader's history most similar to `isbn` (the reason shown next to it)."""
@@ -352,8 +336,7 @@ class BookRecommender:
         )
         if len(history) == 0:
             return None
-        target = self.item_indices([isbn])[0]
-        similarity = self._normalised[history] @ self._normalised[target]
+        similarity = self.similarity.to(self.item_indices([isbn])[0], history)
         return str(self.items.iloc[int(history[int(np.argmax(similarity))])]["isbn"])
 
     def _frame(
@@ -396,25 +379,25 @@ class RemappedRecommender(Recommender):
         raise NotImplementedError
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
-        rows, features, histories = [], [], []
-        unknown = np.int64(self.served.bundle.n_users)
-        for user in users:
-            raw = self.raw_user_ids[user]
-            index = self.served.known_user(raw)
+        raw_ids = [str(self.raw_user_ids[user]) for user in users]
+        readers, reads = {}, {}
+        for user, raw in zip(users, raw_ids, strict=True):
             new_items = self.history.indices[self.history.indptr[user] : self.history.indptr[user + 1]]
             old_items = self.old_of_new[new_items]
-            histories.append(np.unique(old_items[old_items >= 0]))
-            if index is not None:
-                rows.append(index)
-                features.append(self.served.engines["all"].user_features[index])
-            else:
+            reads[raw] = self.served.isbns[old_items[old_items >= 0]].tolist()
+            if self.served.known_user(raw) is None:
                 person = self.user_frame.iloc[user]
                 location = ", ".join(str(person.get(c) or "") for c in ("city", "region", "country"))
-                rows.append(unknown)
-                features.append(
-                    self.served.encode_readers([Reader(age=person.get("age"), location=location)])[0]
-                )
-        old_scores = self.served.score_readers(np.asarray(rows), torch.stack(features), histories)
+                readers[raw] = Reader(age=person.get("age"), location=location)
+        engine = self.served.engines["train"]
+        rows, features, _, _ = self.served._readers(engine, raw_ids, readers, {}, {})
+        # The served model knows these readers by the candidate's split: their history is exactly the
+        # candidate's training rows (mapped to the served model's books), nothing the model stored.
+        history = item_rows(
+            [self.served.item_indices(reads[raw], strict=False) for raw in raw_ids],
+            self.served.bundle.n_items,
+        )
+        old_scores = engine.score_rows(rows, features, history)
         scores = np.full((len(users), len(self.old_of_new)), -np.inf, dtype=np.float32)
         known = self.old_of_new >= 0
         scores[:, known] = old_scores[:, self.old_of_new[known]]

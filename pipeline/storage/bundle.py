@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +18,19 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline import io
+from pipeline.data.catalog import Catalog
 from pipeline.data.features import ITEM_FEATURES, USER_FEATURES, FeatureVocabulary
 from pipeline.model.ncf import NCF, NCFConfig
-from pipeline.model.recommender import Neighbourhood
+from pipeline.model.neighbourhood import Neighbourhood
 
 WEIGHTS, CONFIG, METADATA = "weights.safetensors", "model_config.json", "metadata.json"
 USERS, ITEMS, INTERACTIONS = "users.parquet", "items.parquet", "interactions.parquet"
 VOCABULARY, FEATURE_SPEC, HISTORY = "vocabulary.json", "feature_spec.json", "history.json"
 FILES = (WEIGHTS, CONFIG, METADATA, USERS, ITEMS, INTERACTIONS, VOCABULARY, FEATURE_SPEC, HISTORY)
 NEIGHBOURHOOD = "neighbourhood.safetensors"  # optional: models trained without the ItemKNN term lack it
-SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
+SPLIT_CODES = {"train": 0, "validation": 1, "test": 2, "dislike": 3}  # dislike: explicit rating 1-4
+POSITIVES = ("train", "validation", "test")
+KNOWN = (*POSITIVES, "dislike")
 
 
 class BundleError(RuntimeError):
@@ -108,12 +112,25 @@ class Bundle:
         return self.feature_tensor(self.items, ITEM_FEATURES)
 
     def matrix(self, splits: tuple[str, ...]) -> sp.csr_matrix:
+        """Binary (users x items) of the interactions in `splits` (names of SPLIT_CODES)."""
         codes = [SPLIT_CODES[s] for s in splits]
         chosen = self.interactions[self.interactions["split"].isin(codes)]
         ones = np.ones(len(chosen), dtype=np.float32)
-        return sp.csr_matrix(
+        matrix = sp.csr_matrix(
             (ones, (chosen["user_idx"], chosen["item_idx"])), shape=(self.n_users, self.n_items)
         )
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return matrix
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog.from_items(self.items)
+
+    def exclusion(self, splits: tuple[str, ...] = KNOWN) -> sp.csr_matrix:
+        """The one exclusion rule: the interactions of `splits` (every known one by default, dislikes
+        included) and every other edition of those books."""
+        return self.catalog.with_editions(self.matrix(splits))
 
 
 def load_bundle(folder: Path) -> Bundle:

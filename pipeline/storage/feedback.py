@@ -71,21 +71,10 @@ class FeedbackStore:
         with self.engine.connect() as connection:
             return [Interaction(r.user_id, r.isbn, r.rating, r.created_at) for r in connection.execute(query)]
 
-    def reads_and_likes(self, user_id: str, min_positive_rating: int) -> tuple[list[str], list[str]]:
-        """`read_isbns` and `positives` from one query: what the serving hot path needs."""
-        latest: dict[str, int] = {}
-        for item in self.for_user(user_id):
-            latest[item.isbn] = item.rating
-        liked = [isbn for isbn, rating in latest.items() if rating == 0 or rating >= min_positive_rating]
-        return sorted(latest), sorted(liked)
-
-    def read_isbns(self, user_id: str) -> list[str]:
-        """Every book the reader told us about: never recommended to them again."""
-        return self.reads_and_likes(user_id, 1)[0]
-
-    def positives(self, user_id: str, min_positive_rating: int) -> list[str]:
-        """Books that count as liked (reads without rating and ratings >= the protocol's threshold)."""
-        return self.reads_and_likes(user_id, min_positive_rating)[1]
+    def latest_ratings(self, user_id: str) -> dict[str, int]:
+        """ISBN -> the reader's latest rating of it (0 = read without rating), from one query. What
+        counts as a positive is the model's protocol (`BookRecommender.live_history`)."""
+        return {item.isbn: item.rating for item in self.for_user(user_id)}
 
     def count(self) -> int:
         with self.engine.connect() as connection:

@@ -9,7 +9,8 @@ import scipy.sparse as sp
 
 from pipeline.evaluation.baselines import make_baseline
 from pipeline.evaluation.evaluate import EvaluationData, evaluate
-from pipeline.model.recommender import Recommender, top_k
+from pipeline.model.recommender import Recommender
+from pipeline.ranking import plain_top_k as top_k
 
 
 def test_top_k_is_sorted_and_pads_excluded_items():
@@ -109,7 +110,7 @@ def test_popularity_ranks_by_training_counts_and_evaluator_slices_cohorts():
 
 
 def test_standardise_rows_by_hand():
-    from pipeline.model.recommender import standardise_rows
+    from pipeline.model.neighbourhood import standardise_rows
 
     scores = np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]], dtype=np.float32)
     # mean 2, population standard deviation sqrt(2/3): (x - 2) / 0.8165
@@ -118,7 +119,8 @@ def test_standardise_rows_by_hand():
 
 
 def test_neighbourhood_term_blends_standardised_scores_by_hand():
-    from pipeline.model.recommender import Neighbourhood, history_rows
+    from pipeline.model.neighbourhood import Neighbourhood
+    from pipeline.serving.service import item_rows as history_rows
 
     # book 0 is similar to book 2 (0.5) and to book 3 (1.0); the reader read book 0
     similarity = sp.csr_matrix(np.array([[0, 0, 0.5, 1.0], [0, 0, 0, 0], [0.5, 0, 0, 0], [1.0, 0, 0, 0]]))
@@ -137,7 +139,7 @@ def test_neighbourhood_term_blends_standardised_scores_by_hand():
 
 
 def test_neighbourhood_round_trips_through_safetensors_and_rejects_a_broken_file(tmp_path):
-    from pipeline.model.recommender import Neighbourhood
+    from pipeline.model.neighbourhood import Neighbourhood
     from pipeline.storage.bundle import BundleError, load_neighbourhood, save_neighbourhood
 
     similarity = sp.random(50, 50, density=0.1, format="csr", dtype=np.float32, random_state=0)
@@ -151,7 +153,8 @@ def test_neighbourhood_round_trips_through_safetensors_and_rejects_a_broken_file
 
 
 def test_neighbourhood_blend_equals_the_dense_formula_on_random_data():
-    from pipeline.model.recommender import Neighbourhood, history_rows, standardise_rows
+    from pipeline.model.neighbourhood import Neighbourhood, standardise_rows
+    from pipeline.serving.service import item_rows as history_rows
 
     rng = np.random.default_rng(3)
     similarity = sp.random(300, 300, density=0.05, format="csr", dtype=np.float32, random_state=4)

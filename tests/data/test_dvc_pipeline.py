@@ -39,3 +39,20 @@ def test_a_failing_stage_leaves_previous_outputs_untouched(project, synthetic_bx
     assert done.returncode == 1
     assert "BX-Book-Ratings.csv, line" in done.stderr and "truncated" in done.stderr
     assert (project / "data" / "interim" / "ratings.parquet").read_bytes() == before
+
+
+def test_editing_a_metric_module_makes_train_and_evaluate_stale(trained_project):
+    """train chooses its best epoch with the metrics, evaluate reports them: both must rerun after a
+    change there, and the data stages must not."""
+    metrics = trained_project / "pipeline" / "evaluation" / "metrics.py"
+    original = metrics.read_bytes()
+    assert "up to date" in run(["dvc", "status"], trained_project).stdout
+    try:
+        metrics.write_bytes(original + b"\n# an edit\n")
+        status = run(["dvc", "status"], trained_project).stdout
+    finally:
+        metrics.write_bytes(original)
+    stale = {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith(("\t", " "))}
+    assert {"train", "evaluate"} <= stale, status
+    assert not {"ingest", "preprocess", "features"} & stale, status
+    assert "up to date" in run(["dvc", "status"], trained_project).stdout

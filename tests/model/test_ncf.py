@@ -12,7 +12,7 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.model.losses import bpr_loss, item_l2
-from pipeline.model.ncf import NCF, NCFConfig, history_matrix
+from pipeline.model.ncf import NCF, NCFConfig
 from pipeline.model.recommender import NCFRecommender
 from pipeline.model.sampling import NegativeSampler
 from pipeline.model.train import TrainingData, build_model, fit
@@ -90,9 +90,7 @@ def test_serving_path_equals_training_forward(trained):
     recommender = NCFRecommender(model, data.user_features, data.item_features, data.train)
     full = recommender.score_users(users.numpy())  # precomputed item cache, chunked MLP
     rows = data.train[users.numpy()]
-    terms = model.history_terms(
-        history_matrix(rows.indptr, rows.indices, data.n_items, model.config.history_alpha)
-    )
+    terms = model.history_terms(rows)
     user = model.user_vectors(users, data.user_features[users], terms)
     items = torch.arange(data.n_items).expand(len(users), -1)
     with torch.no_grad():
@@ -120,7 +118,7 @@ def test_cold_start_from_location_alone_and_with_liked_books(trained):
     features = torch.zeros((2, 3), dtype=torch.long)
     features[:, 1] = torch.tensor([1, 3])  # country of group 0 and of group 2
     empty = sp.csr_matrix((2, data.n_items), dtype=np.float32)
-    terms = model.history_terms(history_matrix(empty.indptr, empty.indices, data.n_items, 0.5))
+    terms = model.history_terms(empty)
     recommender = NCFRecommender(model, data.user_features, data.item_features, data.train)
     with torch.no_grad():
         scores = model.score_all_items(
@@ -129,7 +127,7 @@ def test_cold_start_from_location_alone_and_with_liked_books(trained):
     assert np.argmax(scores[0]) // ITEMS_PER_GROUP == 0
     assert np.argmax(scores[1]) // ITEMS_PER_GROUP == 2
     liked = sp.csr_matrix((np.ones(3), ([0, 0, 0], [37, 38, 39])), shape=(1, data.n_items))  # shelf 3
-    terms = model.history_terms(history_matrix(liked.indptr, liked.indices, data.n_items, 0.5))
+    terms = model.history_terms(liked.tocsr())
     with torch.no_grad():
         folded = model.score_all_items(
             model.user_vectors(unknown[:1], torch.zeros((1, 3), dtype=torch.long), terms),
@@ -193,7 +191,7 @@ def test_config_round_trip_and_ablation_switches():
     )
     assert NCFConfig.from_json(config.to_json()) == config
     model = NCF(config)
-    assert model.history_terms(torch.zeros(1, 4).to_sparse()) is None
+    assert model.history_terms(sp.csr_matrix((1, 4), dtype=np.float32)) is None
     assert not any("features" in name for name, _ in model.named_parameters())
 
 
@@ -206,7 +204,7 @@ def test_similar_books_through_the_ann_index_match_exact_search(trained_project)
     bundle = load_bundle(trained_project / "models" / "ncf")
     bundle.metadata["ann_threshold"] = 0
     approximate = BookRecommender(bundle)
-    assert exact._ann is None and approximate._ann is not None
+    assert exact.similarity.index is None and approximate.similarity.index is not None
     isbns = exact.items["isbn"].head(20).tolist()
     a, b = exact.similar_books(isbns, 5), approximate.similar_books(isbns, 5)
     overlap = (a["similar_isbn"] == b["similar_isbn"]).mean()

@@ -53,6 +53,12 @@ def project(tmp_path_factory, synthetic_bx):
     return build_synthetic_project(tmp_path_factory.mktemp("api") / "project", synthetic_bx)
 
 
+def load_project_params(root: Path):
+    from pipeline.config import load_params
+
+    return load_params(root)
+
+
 @pytest.fixture(scope="module")
 def service(project):
     running = Service(project).start()
@@ -152,6 +158,68 @@ def test_a_request_that_breaks_its_batch_fails_alone(project):
     assert sizes == [3] and isinstance(bad, RuntimeError)
     assert good[0].tolist() == model.rank(["1000"], 5)[0][0].tolist()
     assert other[0].tolist() == model.rank(["1001"], 5)[0][0].tolist()
+
+
+def test_served_lists_never_hold_known_books_their_editions_or_a_work_twice(project, service, synthetic_bx):
+    """Every reader's list from the API, with the model's author cap and with a cap of 1: no book of
+    any split, no dislike, no other edition of either, one edition per work, the cap honoured."""
+    from tests.rules import Catalog
+
+    catalog = Catalog(project)
+    assert catalog.disliked and synthetic_bx.editions  # the fixture has both, or this proves nothing
+    params = load_project_params(project)
+    problems = []
+    with httpx.Client(base_url=service.url) as client:
+        for user_id in sorted(synthetic_bx.group_of_user):
+            for cap, query in ((params.serve.max_per_author, {}), (1, {"max_per_author": 1})):
+                books = client.get(f"/recommendations/{user_id}", params={"k": 20, **query}).json()["books"]
+                assert len(books) == 20
+                problems += catalog.violations(user_id, [b["isbn"] for b in books], cap)
+        for first, _ in synthetic_bx.editions:
+            books = client.get(f"/books/{first}/similar", params={"k": 20}).json()["books"]
+            problems += catalog.similar_violations(
+                first, [b["isbn"] for b in books], params.serve.max_per_author
+            )
+    assert problems == []
+
+
+def test_api_pyfunc_and_evaluator_give_the_same_lists(project, service):
+    """One ranking path: the API's lists equal the registry pyfunc's (exclusions and caps included),
+    and the pyfunc with exclude="train" equals the evaluator's lists on the test protocol."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from pipeline import stages
+    from pipeline.config import Workspace
+    from pipeline.model.recommender import NCFRecommender
+    from pipeline.ops import registry
+
+    pyfunc = registry.load_recommender(project, "1")  # binds MLflow to the project's store
+    model = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/1")
+    users = pyfunc.users["user_id"].astype(str).tolist()[::8]
+    for cap in ("default", "1", "0"):
+        query = {} if cap == "default" else {"max_per_author": cap}
+        served = model.predict(pd.DataFrame({"user_id": users, "k": 10}), params={"max_per_author": cap})
+        for user_id in users:
+            api = httpx.get(f"{service.url}/recommendations/{user_id}", params={"k": 10, **query}).json()
+            assert [b["isbn"] for b in api["books"]] == served.loc[
+                served["user_id"] == user_id, "isbn"
+            ].tolist()
+    ws, params = Workspace.load(project)
+    data = stages.evaluation_data(ws, params, "test")
+    bundle = pyfunc.bundle
+    engine = NCFRecommender(
+        bundle.model,
+        bundle.user_feature_tensor(),
+        bundle.item_feature_tensor(),
+        data.train,
+        neighbourhood=bundle.neighbourhood,
+    )
+    rows = np.arange(0, len(pyfunc.users), 8)
+    expected = pyfunc.isbns[data.lists(engine, rows, 10)]
+    replayed = model.predict(pd.DataFrame({"user_id": users, "k": 10}), params={"exclude": "train"})
+    assert replayed["isbn"].tolist() == [isbn for row in expected for isbn in row]
 
 
 def test_similar_books_and_unknown_isbn(service):

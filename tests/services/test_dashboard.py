@@ -57,6 +57,35 @@ def test_reader_page_recommends_unread_books_with_reasons(app, trained_project):
     assert recommended <= shown and not (read & recommended)
 
 
+def test_dashboard_lists_obey_the_exclusion_and_list_rules(app, trained_project, synthetic_bx):
+    """The reader page's and the similar-books page's lists, as rendered: no known book or edition of
+    one, one edition per work, the author cap."""
+    from pipeline.config import load_params
+    from tests.rules import Catalog
+
+    catalog = Catalog(trained_project)
+    cap = load_params(trained_project).serve.max_per_author
+    problems = []
+    for example in app.selectbox[0].options[1:]:
+        app.selectbox[0].select(example).run()
+        assert not app.exception, app.exception
+        top = app.get("html")[-1].proto.body  # the last grid on the page: the top 10
+        shown = [isbn for isbn in catalog.work if f'data-isbn="{isbn}"' in top]
+        assert len(shown) == 10
+        problems += catalog.violations(example, shown, cap)
+    app.switch_page("pages/similar.py").run()
+    first, second = synthetic_bx.editions[0]  # "Tale 10 of the Usa Shelf" and its paperback
+    app.text_input[0].input("Tale 10 of the Usa Shelf").run()
+    option = next(o for o in app.selectbox[0].options if o.startswith("Tale 10 of the Usa Shelf —"))
+    app.selectbox[0].select(option).run()
+    assert not app.exception, app.exception
+    nearest = app.get("html")[-1].proto.body  # the last grid: the nearest books
+    shown = [isbn for isbn in catalog.work if f'data-isbn="{isbn}"' in nearest]
+    assert len(shown) == 10 and second not in shown
+    problems += catalog.similar_violations(first, shown, cap)
+    assert problems == []
+
+
 def test_reader_page_unknown_user_and_live_feedback(app, trained_project):
     app.text_input[0].input("no-such-reader").run()
     assert not app.exception
@@ -70,7 +99,7 @@ def test_reader_page_unknown_user_and_live_feedback(app, trained_project):
     assert not app.exception, app.exception
     from pipeline.storage.feedback import FeedbackStore
 
-    stored = FeedbackStore.for_root(trained_project).read_isbns(example)
+    stored = list(FeedbackStore.for_root(trained_project).latest_ratings(example))
     assert len(stored) == 1
     after = html_bodies(app)
     assert f'data-isbn="{stored[0]}"' in before.split("Top 10")[-1]

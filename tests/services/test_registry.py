@@ -62,7 +62,6 @@ def test_production_version_carries_lineage_and_metrics(project, client):
 
 
 def test_pyfunc_equals_the_in_process_model_and_reproduces_test_metrics(project):
-    from pipeline.evaluation.evaluate import EvaluationData
     from pipeline.serving.service import BookRecommender
 
     model = load_production(project)
@@ -74,9 +73,8 @@ def test_pyfunc_equals_the_in_process_model_and_reproduces_test_metrics(project)
     pd.testing.assert_frame_equal(served.reset_index(drop=True), local.recommend(users, 10))
     # exclude="train" reproduces the evaluation: same lists as the evaluator's NCF ranking on test
     ws, params = Workspace.load(project)
-    splits = stages.load_splits(ws)
     items = io.read_parquet(ws.processed / "items.parquet")
-    data = EvaluationData.build(splits, items, len(local.users), "test")
+    data = stages.evaluation_data(ws, params, "test")
     from pipeline.model.recommender import NCFRecommender
 
     engine = NCFRecommender(
@@ -86,7 +84,7 @@ def test_pyfunc_equals_the_in_process_model_and_reproduces_test_metrics(project)
         data.train,
         neighbourhood=local.bundle.neighbourhood,
     )
-    top, _ = engine.recommend(np.arange(25), k=10, exclude=data.exclude)
+    top = data.lists(engine, np.arange(25), 10)
     through_registry = model.predict(request, params={"exclude": "train"})
     expected = items.set_index("item_idx").loc[top.ravel(), "isbn"].to_numpy()
     assert through_registry["isbn"].tolist() == expected.tolist()

@@ -1,0 +1,20 @@
+"""Protocol bx-implicit-v2 in one place (pure): what counts as a positive, and the protocol's name.
+
+v2 (docs/metrics.md) keeps v1's data (positives, 5-core, per-user split) and ranks by serving's
+rule: every book the reader is known to have interacted with, their explicit ratings 1-4, and every
+other edition of those are excluded; a list holds one edition per work and at most
+`serve.max_per_author` books by one author.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PROTOCOL = "bx-implicit-v2"
+
+
+def is_positive(ratings, min_explicit_rating: int):
+    """Implicit interactions (rating 0) and explicit ratings >= the threshold are positives; explicit
+    ratings below it are dislikes. Works on scalars, numpy arrays and pandas Series."""
+    ratings = np.asarray(ratings) if isinstance(ratings, list | tuple) else ratings
+    return (ratings == 0) | (ratings >= min_explicit_rating)

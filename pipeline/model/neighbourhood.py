@@ -1,0 +1,62 @@
+"""The ItemKNN neighbourhood term next to the NCF (Koren 2008, "Factorization meets the neighborhood"):
+score = z(NCF) + weight * z(sum of BM25 ItemKNN similarities of each book to the reader's books), both
+standardised per reader. Pure numpy and scipy; the weight is chosen on validation
+(`pipeline.evaluation.selection.choose_neighbourhood`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def standardise_rows(scores: np.ndarray) -> np.ndarray:
+    """Each row shifted to mean 0 and scaled to standard deviation 1 (a constant row becomes all zeros)."""
+    centred = scores - scores.mean(axis=1, keepdims=True)
+    spread = centred.std(axis=1, keepdims=True)
+    return np.divide(centred, spread, out=np.zeros_like(centred), where=spread > 0)
+
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """An item-item neighbourhood term next to a learned model (Koren 2008, "Factorization meets the
+    neighborhood"): score = z(model) + weight * z(sum of similarities of each book to the reader's books),
+    both standardised per reader so that one weight fits readers with short and long histories.
+
+    The similarities are BM25-weighted ItemKNN fitted on the training split; the weight is chosen on
+    validation. A reader with no history gets a constant neighbourhood row, so only the model ranks.
+    """
+
+    similarity: sp.csr_matrix  # (n_items, n_items), row j: the books similar to book j
+    weight: float
+
+    def scores(self, history_rows: sp.csr_matrix) -> sp.csr_matrix:
+        """(B, n_items) sums of similarities to the books of each history row; sparse, as most are 0."""
+        return (history_rows @ self.similarity).tocsr()
+
+    def blend(self, model_scores: np.ndarray, history_rows: sp.csr_matrix) -> np.ndarray:
+        if self.weight == 0:
+            return model_scores
+        neighbours = self.scores(history_rows)
+        # z(neighbours) without densifying: its row mean and spread come from the non-zeros alone.
+        n_items = model_scores.shape[1]
+        mean = np.asarray(neighbours.sum(axis=1), dtype=np.float64).ravel() / n_items
+        squares = np.asarray(neighbours.multiply(neighbours).sum(axis=1), dtype=np.float64).ravel()
+        spread = np.sqrt(np.maximum(squares / n_items - mean**2, 0.0))
+        scale = np.divide(self.weight, spread, out=np.zeros_like(spread), where=spread > 0)
+        blended = standardise_rows(model_scores)
+        blended -= (scale * mean).astype(np.float32)[:, None]
+        rows = np.repeat(np.arange(neighbours.shape[0]), np.diff(neighbours.indptr))
+        blended[rows, neighbours.indices] += (scale[rows] * neighbours.data).astype(np.float32)
+        return blended
+
+
+def history_rows(histories: list, n_items: int) -> sp.csr_matrix:
+    """A binary (len(histories), n_items) matrix from lists of item indices."""
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    indices = np.concatenate(histories).astype(np.int64) if len(histories) else np.empty(0, np.int64)
+    return sp.csr_matrix(
+        (np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(histories), n_items)
+    )

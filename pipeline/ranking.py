@@ -1,0 +1,139 @@
+"""The one ranking path (pure): scores, one exclusion matrix and the list rules in, the top K out.
+
+Every list bookrec makes goes through `Ranker.top_k`: validation during training, the choice of the
+neighbourhood weight, `bookrec evaluate`, the gate's re-measurement, the MLflow pyfunc, the API and
+the dashboard, for recommendations and for similar books alike. So what is measured offline is what
+is served.
+
+Rules, applied greedily in score order, so the list is the best one that obeys them:
+- excluded items (a row of the exclusion matrix) never appear;
+- at most one edition of a work (`one_per_work`);
+- at most `max_per_author` books by one author (None: no cap; unknown authors are never capped).
+A list is shorter than K only when fewer than K eligible items remain. (The two rules commute because
+every edition of a work has the work's author: the catalog's work key includes the author.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import scipy.sparse as sp
+
+from pipeline.data.catalog import Catalog
+
+
+def plain_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best `k` columns of each row, best first, by partial sort; -inf entries never make the list
+    (they come back as index -1). Ties keep column order."""
+    n_rows, n_cols = scores.shape
+    k_eff = min(k, n_cols)
+    if k_eff < n_cols:
+        candidates = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+    else:
+        candidates = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
+    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
+    order = np.lexsort((candidates, -candidate_scores), axis=1)
+    ids = np.take_along_axis(candidates, order, axis=1).astype(np.int64)
+    best = np.take_along_axis(candidate_scores, order, axis=1)
+    ids[~np.isfinite(best) & (best < 0)] = -1
+    if k_eff < k:
+        ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
+        best = np.pad(best, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
+    return ids, best.astype(np.float32)
+
+
+def mask(scores: np.ndarray, excluded: sp.csr_matrix) -> np.ndarray:
+    """Set the excluded entries of `scores` (rows aligned with `excluded`) to -inf, in place."""
+    rows = np.repeat(np.arange(excluded.shape[0]), np.diff(excluded.indptr))
+    scores[rows, excluded.indices] = -np.inf
+    return scores
+
+
+@dataclass(frozen=True)
+class ListRules:
+    one_per_work: bool = True
+    max_per_author: int | None = None  # None: no cap
+
+    def __post_init__(self) -> None:
+        if self.max_per_author is not None and self.max_per_author < 1:
+            raise ValueError(
+                f"max_per_author must be at least 1 (or None for no cap), not {self.max_per_author}"
+            )
+
+    @property
+    def active(self) -> bool:
+        return self.one_per_work or self.max_per_author is not None
+
+
+SERVING_DEFAULT = ListRules()  # one edition per work, no author cap
+
+
+def _first_in_group(rows: np.ndarray, keys: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Rank (0, 1, ...) of each element within its (row, key) group, in position order."""
+    order = np.lexsort((positions, keys, rows))
+    sorted_rows, sorted_keys = rows[order], keys[order]
+    starts = np.r_[True, (sorted_rows[1:] != sorted_rows[:-1]) | (sorted_keys[1:] != sorted_keys[:-1])]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - group_start
+    return rank
+
+
+class Ranker:
+    """Top-K lists under the catalog's rules. Cheap to build; holds no per-reader state."""
+
+    def __init__(self, catalog: Catalog, rules: ListRules = SERVING_DEFAULT):
+        self.catalog = catalog
+        self.rules = rules
+
+    @classmethod
+    def plain(cls, n_items: int) -> Ranker:
+        """Exclusions only: every item its own work, no author cap."""
+        return cls(Catalog.of_distinct_items(n_items), ListRules(one_per_work=False))
+
+    def with_rules(self, **changes) -> Ranker:
+        return Ranker(self.catalog, replace(self.rules, **changes))
+
+    def top_k(
+        self, scores: np.ndarray, excluded: sp.csr_matrix | None, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(B, k) item indices (-1 pads) and scores. `scores` (B, n_items) is masked in place."""
+        if excluded is not None:
+            mask(scores, excluded.tocsr())
+        if not self.rules.active:
+            return plain_top_k(scores, k)
+        ids = np.full((len(scores), k), -1, dtype=np.int64)
+        best = np.full((len(scores), k), -np.inf, dtype=np.float32)
+        rows = np.arange(len(scores))
+        depth = min(scores.shape[1], 4 * k + 16)
+        while len(rows):
+            candidates, candidate_scores = plain_top_k(scores[rows], depth)
+            kept = self._eligible(candidates)
+            picked = np.cumsum(kept, axis=1)
+            complete = (picked[:, -1] >= k) | (depth >= scores.shape[1]) | (candidates[:, -1] < 0)
+            row, column = np.nonzero(kept & (picked <= k) & complete[:, None])
+            slot = picked[row, column] - 1
+            ids[rows[row], slot] = candidates[row, column]
+            best[rows[row], slot] = candidate_scores[row, column]
+            rows = rows[~complete]  # the rest had too few eligible items so deep: look deeper
+            depth = min(scores.shape[1], depth * 4)
+        return ids, best
+
+    def _eligible(self, candidates: np.ndarray) -> np.ndarray:
+        """(B, depth) bool: which candidates (best first) the greedy rules keep."""
+        n_rows, depth = candidates.shape
+        valid = candidates >= 0
+        rows = np.repeat(np.arange(n_rows), depth)
+        positions = np.tile(np.arange(depth), n_rows)
+        flat = candidates.ravel()
+        unique = -1 - np.arange(flat.size)  # a key no other element shares
+        kept = valid.ravel()
+        if self.rules.one_per_work:
+            works = np.where(kept, self.catalog.work[flat.clip(min=0)], unique)
+            kept &= _first_in_group(rows, works, positions) == 0
+        if self.rules.max_per_author is not None:
+            authors = self.catalog.author[flat.clip(min=0)]
+            authors = np.where(kept & (authors >= 0), authors, unique)
+            kept &= _first_in_group(rows, authors, positions) < self.rules.max_per_author
+        return kept.reshape(n_rows, depth)
