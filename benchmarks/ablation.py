@@ -14,9 +14,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from pipeline import io, stages
+from pipeline import stages
 from pipeline.config import Workspace
-from pipeline.evaluation.evaluate import EvaluationData, evaluate
+from pipeline.evaluation.evaluate import evaluate
 from pipeline.model.recommender import NCFRecommender
 from pipeline.storage.bundle import load_bundle
 
@@ -36,9 +36,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     ws, params = Workspace.load(ROOT)
-    items = io.read_parquet(ws.processed / "items.parquet")
-    users = io.read_parquet(ws.processed / "users.parquet", columns=["user_idx"])
-    test = EvaluationData.build(stages.load_splits(ws), items, len(users), "test")
+    test = stages.evaluation_data(ws, params, "test")
     scratch = ROOT / "reports" / "ablation"
     print(
         f"{'variant':<30}{'val NDCG@10':>12}{'test NDCG@10':>13}{'Recall@10':>10}{'coverage':>9}"

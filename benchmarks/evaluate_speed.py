@@ -2,7 +2,7 @@
 
     python benchmarks/evaluate_speed.py        (needs data/processed from `dvc repro`)
 
-"Evaluate" is the whole evaluator: ranking every item for every test user with read books excluded,
+"Evaluate" is the whole evaluator: ranking every item for every test user through the one ranking path,
 top-50 lists, and every accuracy and beyond-accuracy metric at K = 10 and 20.
 """
 
@@ -12,21 +12,21 @@ import resource
 import time
 from pathlib import Path
 
-from pipeline import io, stages
+from pipeline import stages
 from pipeline.config import Workspace
 from pipeline.evaluation.baselines import make_baseline
-from pipeline.evaluation.evaluate import EvaluationData, evaluate
+from pipeline.evaluation.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     ws, params = Workspace.load(ROOT)
-    items = io.read_parquet(ws.processed / "items.parquet")
-    users = io.read_parquet(ws.processed / "users.parquet", columns=["user_idx"])
     started = time.perf_counter()
-    data = EvaluationData.build(stages.load_splits(ws), items, len(users), "test")
-    print(f"evaluation data (matrices, TF-IDF of {len(items)} books): {time.perf_counter() - started:.1f} s")
+    data = stages.evaluation_data(ws, params, "test")
+    print(
+        f"evaluation data (matrices, TF-IDF of {data.n_items} books): {time.perf_counter() - started:.1f} s"
+    )
     candidates = {
         name: (lambda name=name, options=options: make_baseline(name, **options).fit(data.train))
         for name, options in params.evaluate.baselines().items()

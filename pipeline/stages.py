@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -17,6 +18,10 @@ from pipeline.data.features import build_features
 from pipeline.data.preprocess import build_interactions
 from pipeline.data.protocol import PROTOCOL
 from pipeline.data.split import split_interactions
+
+if TYPE_CHECKING:
+    from pipeline.evaluation.evaluate import EvaluationData
+
 from pipeline.schemas import (
     INTERACTIONS,
     ITEM_FEATURES,
@@ -105,7 +110,7 @@ def user_cohorts(ws: Workspace, top_countries: int) -> pd.DataFrame:
 
 def evaluation_data(
     ws: Workspace, params: Params, target: str, cohorts: pd.DataFrame | None = None, protocol: str = PROTOCOL
-):
+) -> EvaluationData:
     """The protocol's `EvaluationData` for `target` from the processed tables: exclusions, truth and
     the one ranking path with the serving rules of params.yaml."""
     from pipeline.evaluation.evaluate import EvaluationData
@@ -277,6 +282,8 @@ def evaluate(ws: Workspace, params: Params) -> dict:
     return write_reports(reports, ws.reports)
 
 
+# What the pyfunc imports (tests/code/test_layout.py checks that serving loads no ingestion,
+# training or evaluation code, so ftfy, pandera, scikit-learn and implicit are not needed).
 SERVING_REQUIREMENTS = (
     "mlflow",
     "torch",
@@ -285,12 +292,9 @@ SERVING_REQUIREMENTS = (
     "pyarrow",
     "scipy",
     "safetensors",
-    "ftfy",
     "pydantic",
     "pyyaml",
-    "pandera",
-    "scikit-learn",
-    "tqdm",
+    "hnswlib",
 )
 
 

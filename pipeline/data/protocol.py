@@ -9,11 +9,12 @@ other edition of those are excluded; a list holds one edition per work and at mo
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 PROTOCOL = "bx-implicit-v2"
 
 
-def is_positive(ratings, min_explicit_rating: int):
+def is_positive(ratings: int | np.ndarray | pd.Series, min_explicit_rating: int) -> bool | np.ndarray | pd.Series:
     """Implicit interactions (rating 0) and explicit ratings >= the threshold are positives; explicit
     ratings below it are dislikes. Works on scalars, numpy arrays and pandas Series."""
     ratings = np.asarray(ratings) if isinstance(ratings, list | tuple) else ratings

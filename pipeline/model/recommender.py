@@ -9,14 +9,18 @@ the exclusions and the list rules and takes the top K.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from pipeline.model.ncf import NCF
+from pipeline.model.ncf import NCF, ItemCache
 from pipeline.model.neighbourhood import Neighbourhood
 from pipeline.ranking import Ranker
+
+if TYPE_CHECKING:
+    import hnswlib
 
 
 def one_hot_rows(items: np.ndarray, n_items: int) -> sp.csr_matrix:
@@ -27,7 +31,7 @@ def one_hot_rows(items: np.ndarray, n_items: int) -> sp.csr_matrix:
     )
 
 
-def ann_index(vectors: np.ndarray):
+def ann_index(vectors: np.ndarray) -> hnswlib.Index:
     """An HNSW index (hnswlib) over unit vectors: inner product is cosine similarity."""
     import hnswlib
 
@@ -156,7 +160,7 @@ class NCFRecommender(Recommender):
     def fit(self, train: sp.csr_matrix) -> NCFRecommender:
         raise NotImplementedError("NCF is trained by pipeline.model.train.fit")
 
-    def item_cache(self):
+    def item_cache(self) -> ItemCache:
         if self._cache is None:
             self._cache = self.model.item_cache(self.item_features[: self.model.config.n_items])
         return self._cache

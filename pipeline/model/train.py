@@ -13,11 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
 from pipeline.config import TrainParams
+from pipeline.data.features import FeatureVocabulary
 from pipeline.model.losses import bpr_loss, item_l2
 from pipeline.model.ncf import NCF, NCFConfig
 from pipeline.model.sampling import NegativeSampler
@@ -93,6 +95,77 @@ def _sparse_tensor(matrix: sp.csr_matrix) -> torch.Tensor:
     return torch.sparse_coo_tensor(indices, torch.ones(coo.nnz), coo.shape, check_invariants=False).coalesce()
 
 
+def _optimizer(model: NCF, params: TrainParams) -> torch.optim.Optimizer:
+    """Adam; L2 on embeddings is applied in the loss to the rows a batch uses, weight decay only on the MLP."""
+    embeddings = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
+    dense = [p for name, p in model.named_parameters() if name.startswith("mlp.")]
+    return torch.optim.Adam(
+        [
+            {"params": embeddings, "weight_decay": 0.0},
+            {"params": dense, "weight_decay": params.mlp_weight_decay},
+        ],
+        lr=params.lr,
+    )
+
+
+@dataclass
+class _Epoch:
+    """What one epoch needs besides the model: the training pairs and their history matrix."""
+
+    users: torch.Tensor  # (N,) the user of each training positive
+    items: torch.Tensor  # (N,) the positive
+    user_items: torch.Tensor  # sparse (n_users, n_items) training matrix
+    counts: torch.Tensor  # (n_users,) its row sums
+    sampler: NegativeSampler
+
+    @classmethod
+    def of(cls, data: TrainingData, params: TrainParams) -> _Epoch:
+        train = data.train.tocoo()
+        return cls(
+            torch.from_numpy(train.row.astype(np.int64)),
+            torch.from_numpy(train.col.astype(np.int64)),
+            _sparse_tensor(data.train),
+            torch.from_numpy(np.diff(data.train.tocsr().indptr).astype(np.int64)),
+            NegativeSampler(data.train, params.negative_sampling, params.popularity_power),
+        )
+
+
+def _batch_loss(model: NCF, data: TrainingData, epoch: _Epoch, batch: torch.Tensor, params, generator):
+    """BPR loss of one batch of positives against sampled (or the hardest sampled) negatives."""
+    u, positive = epoch.users[batch], epoch.items[batch]
+    negative = epoch.sampler.sample(u, params.negatives, generator)  # (B, n)
+    terms = model.training_history_terms(epoch.user_items, epoch.counts, u, positive)
+    user = model.user_vectors(u, data.user_features[u], terms)
+    both = torch.cat([positive.unsqueeze(1), negative], dim=1)  # (B, 1 + n)
+    item = model.item_vectors(both, data.item_features[both])
+    scores = model.score(user, item)
+    negative_scores = scores[:, 1:]
+    if params.hard_negatives:
+        # Dynamic negative sampling (Zhang et al., 2013): BPR against the highest-scored of the
+        # sampled negatives, which carry the gradient that uniform negatives mostly lack.
+        hardest = negative_scores.detach().topk(params.hard_negatives, dim=1).indices
+        negative_scores = negative_scores.gather(1, hardest)
+    loss = bpr_loss(scores[:, 0], negative_scores)
+    if params.l2 > 0:
+        loss = loss + params.l2 * item_l2(item.gmf, item.mlp)
+    return loss
+
+
+def _train_epoch(model, data, epoch: _Epoch, optimizer, params: TrainParams, generator) -> float:
+    """One pass over the shuffled training positives; returns the mean batch loss."""
+    model.train()
+    order = torch.randperm(len(epoch.users), generator=generator)
+    total_loss, batches = 0.0, 0
+    for start in range(0, len(order), params.batch_size):
+        loss = _batch_loss(model, data, epoch, order[start : start + params.batch_size], params, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach())
+        batches += 1
+    return total_loss / max(batches, 1)
+
+
 def fit(
     model: NCF,
     data: TrainingData,
@@ -103,55 +176,15 @@ def fit(
     """Train `model` in place; the weights of the best validation epoch are restored at the end."""
     generator = seed_everything(params.seed)
     set_threads(params.threads)
-    train = data.train.tocoo()
-    users = torch.from_numpy(train.row.astype(np.int64))
-    items = torch.from_numpy(train.col.astype(np.int64))
-    user_items = _sparse_tensor(data.train)
-    counts = torch.from_numpy(np.diff(data.train.tocsr().indptr).astype(np.int64))
-    sampler = NegativeSampler(data.train, params.negative_sampling, params.popularity_power)
-    # L2 on embeddings is applied to the rows a batch uses (in the loss); weight decay only on the MLP.
-    embeddings = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
-    dense = [p for name, p in model.named_parameters() if name.startswith("mlp.")]
-    optimizer = torch.optim.Adam(
-        [
-            {"params": embeddings, "weight_decay": 0.0},
-            {"params": dense, "weight_decay": params.mlp_weight_decay},
-        ],
-        lr=params.lr,
-    )
+    epoch_data = _Epoch.of(data, params)
+    optimizer = _optimizer(model, params)
     history = History()
     best_state = copy.deepcopy(model.state_dict())
     started = time.perf_counter()
     bad_epochs = 0
     progress = tqdm(range(1, params.epochs + 1), desc="train", unit="epoch", disable=not show_progress)
     for epoch in progress:
-        model.train()
-        order = torch.randperm(len(users), generator=generator)
-        total_loss, batches = 0.0, 0
-        for start in range(0, len(order), params.batch_size):
-            batch = order[start : start + params.batch_size]
-            u, positive = users[batch], items[batch]
-            negative = sampler.sample(u, params.negatives, generator)  # (B, n)
-            terms = model.training_history_terms(user_items, counts, u, positive)
-            user = model.user_vectors(u, data.user_features[u], terms)
-            both = torch.cat([positive.unsqueeze(1), negative], dim=1)  # (B, 1 + n)
-            item = model.item_vectors(both, data.item_features[both])
-            scores = model.score(user, item)
-            negative_scores = scores[:, 1:]
-            if params.hard_negatives:
-                # Dynamic negative sampling (Zhang et al., 2013): BPR against the highest-scored of the
-                # sampled negatives, which carry the gradient that uniform negatives mostly lack.
-                hardest = negative_scores.detach().topk(params.hard_negatives, dim=1).indices
-                negative_scores = negative_scores.gather(1, hardest)
-            loss = bpr_loss(scores[:, 0], negative_scores)
-            if params.l2 > 0:
-                loss = loss + params.l2 * item_l2(item.gmf, item.mlp)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach())
-            batches += 1
-        row = {"epoch": epoch, "loss": total_loss / max(batches, 1)}
+        row = {"epoch": epoch, "loss": _train_epoch(model, data, epoch_data, optimizer, params, generator)}
         elapsed = time.perf_counter() - started
         if validate is not None and (epoch % params.eval_every == 0 or epoch == params.epochs):
             model.eval()
@@ -181,11 +214,16 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     history.seconds_total = time.perf_counter() - started
-    history.sampler_collision_rate = sampler.stats.collision_rate
+    history.sampler_collision_rate = epoch_data.sampler.stats.collision_rate
     return history
 
 
-def training_data(train: sp.csr_matrix, user_features, item_features, vocabulary) -> TrainingData:
+def training_data(
+    train: sp.csr_matrix,
+    user_features: pd.DataFrame,
+    item_features: pd.DataFrame,
+    vocabulary: FeatureVocabulary,
+) -> TrainingData:
     """Tensors for training from the features stage's tables (rows sorted by index); the extra last row
     of each feature table is the all-unknown row used for cold-start readers."""
     from pipeline.data.features import ITEM_FEATURES, USER_FEATURES

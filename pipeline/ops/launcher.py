@@ -96,68 +96,57 @@ def has_production_model(root: Path) -> bool:
         return False
 
 
-def services(root: Path) -> list[Service]:
-    mlflow_port = _port("BOOKREC_MLFLOW_PORT", 5000)
-    dashboard_port = _port("BOOKREC_DASHBOARD_PORT", 8501)
-    api_port = _port("BOOKREC_API_PORT", 8000)
-    airflow_port = _port("BOOKREC_AIRFLOW_PORT", 8080)
-    store = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    common = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "BOOKREC_ROOT": str(root)}
-    return [
-        Service(
-            "mlflow",
-            [
-                str(BIN / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                store,
-                "--default-artifact-root",
-                (root / "mlruns" / "artifacts").as_uri(),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(mlflow_port),
-                "--workers",
-                "1",
-            ],
-            f"http://127.0.0.1:{mlflow_port}/health",
-            f"http://127.0.0.1:{mlflow_port}",
-            {**common, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        ),
-        Service(
-            "airflow",
-            [str(BIN / "airflow"), "standalone"],
-            f"http://127.0.0.1:{airflow_port}/api/v2/monitor/health",
-            f"http://127.0.0.1:{airflow_port}",
-            airflow_env(root),
-        ),
-        Service(
-            "dashboard",
-            [
-                str(BIN / "streamlit"),
-                "run",
-                str(root / "dashboard" / "app.py"),
-                "--server.headless",
-                "true",
-                "--server.address",
-                "127.0.0.1",
-                "--server.port",
-                str(dashboard_port),
-                "--browser.gatherUsageStats",
-                "false",
-            ],
-            f"http://127.0.0.1:{dashboard_port}/_stcore/health",
-            f"http://127.0.0.1:{dashboard_port}",
-            common,
-        ),
-        Service(
-            "api",
-            [str(BIN / "bookrec"), "serve", "--host", "127.0.0.1", "--port", str(api_port)],
-            f"http://127.0.0.1:{api_port}/health",
-            f"http://127.0.0.1:{api_port}/docs",
-            common,
-        ),
+def _common_env(root: Path) -> dict[str, str]:
+    return {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "BOOKREC_ROOT": str(root)}
+
+
+def mlflow_service(root: Path) -> Service:
+    port = _port("BOOKREC_MLFLOW_PORT", 5000)
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
     ]
+    command += ["--default-artifact-root", (root / "mlruns" / "artifacts").as_uri()]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**_common_env(root), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return Service("mlflow", command, f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{port}", env)
+
+
+def airflow_service(root: Path) -> Service:
+    port = _port("BOOKREC_AIRFLOW_PORT", 8080)
+    health = f"http://127.0.0.1:{port}/api/v2/monitor/health"
+    return Service(
+        "airflow", [str(BIN / "airflow"), "standalone"], health, f"http://127.0.0.1:{port}", airflow_env(root)
+    )
+
+
+def dashboard_service(root: Path) -> Service:
+    port = _port("BOOKREC_DASHBOARD_PORT", 8501)
+    command = [str(BIN / "streamlit"), "run", str(root / "dashboard" / "app.py"), "--server.headless", "true"]
+    command += [
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    return Service("dashboard", command, f"{url}/_stcore/health", url, _common_env(root))
+
+
+def api_service(root: Path) -> Service:
+    port = _port("BOOKREC_API_PORT", 8000)
+    command = [str(BIN / "bookrec"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    return Service("api", command, f"{url}/health", f"{url}/docs", _common_env(root))
+
+
+def services(root: Path) -> list[Service]:
+    """What `make up` starts, in this order, each on 127.0.0.1."""
+    return [mlflow_service(root), airflow_service(root), dashboard_service(root), api_service(root)]
 
 
 def _start(service: Service, root: Path, logs: Path) -> None:

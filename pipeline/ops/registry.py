@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.serving.service import BookRecommender
 
 MODEL_NAME = "bookrec-ncf"
 CHALLENGER, PRODUCTION, PREVIOUS = "challenger", "production", "previous"
@@ -56,7 +60,7 @@ def production_version(client) -> Any | None:
     return _alias_version(client, PRODUCTION)
 
 
-def load_recommender(root, version: str):
+def load_recommender(root: Path, version: str) -> BookRecommender:
     """The one way to load a registered version: its MLflow pyfunc, unwrapped to the
     `BookRecommender` it serves through (the API, the dashboard and the gate all call this)."""
     import mlflow

@@ -10,7 +10,10 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 EXPERIMENT = "bookrec"
 MODEL_FILE = Path(__file__).parents[1] / "serving" / "pyfunc.py"
@@ -31,7 +34,7 @@ def artifact_root(root: Path) -> str | None:
     return (root / "mlruns" / "artifacts").resolve().as_uri()
 
 
-def client(root: Path):
+def client(root: Path) -> MlflowClient:
     """An MlflowClient bound to this repository's store (no global state is changed)."""
     import mlflow
     from mlflow import MlflowClient

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -202,25 +202,38 @@ class GuardAndMeasure:
         )
 
 
-def create_app(holder: ModelHolder, feedback: FeedbackStore, start_polling: bool = True) -> FastAPI:
-    metrics_registry = CollectorRegistry()
-    requests = Counter("bookrec_requests", "HTTP requests", ["endpoint", "status"], registry=metrics_registry)
-    latency = Histogram(
-        "bookrec_request_seconds",
-        "Request latency",
-        ["endpoint"],
-        registry=metrics_registry,
-        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-    )
+@dataclass
+class Instruments:
+    """The Prometheus metrics of one app (its own registry, so that two apps in a process never mix)."""
 
-    batch_sizes = Histogram(
-        "bookrec_rank_batch_size",
-        "Recommendation requests scored together",
-        registry=metrics_registry,
-        buckets=(1, 2, 4, 8, 16, 32),
-    )
-    batcher = RankBatcher(observe_batch_size=batch_sizes.observe)
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    batch_sizes: Histogram
 
+    @classmethod
+    def create(cls) -> Instruments:
+        registry = CollectorRegistry()
+        return cls(
+            registry,
+            Counter("bookrec_requests", "HTTP requests", ["endpoint", "status"], registry=registry),
+            Histogram(
+                "bookrec_request_seconds",
+                "Request latency",
+                ["endpoint"],
+                registry=registry,
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            ),
+            Histogram(
+                "bookrec_rank_batch_size",
+                "Recommendation requests scored together",
+                registry=registry,
+                buckets=(1, 2, 4, 8, 16, 32),
+            ),
+        )
+
+
+def _lifespan(holder: ModelHolder, batcher: RankBatcher, start_polling: bool):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         import torch
@@ -236,22 +249,27 @@ def create_app(holder: ModelHolder, feedback: FeedbackStore, start_polling: bool
         batcher.stop()
         holder.stop()
 
-    app = FastAPI(
-        title="bookrec API",
-        version="1.0",
-        lifespan=lifespan,
-        description="Real-time book recommendations from the registry's production model.",
-    )
+    return lifespan
 
-    app.add_middleware(GuardAndMeasure, requests=requests, latency=latency)
 
-    def served() -> Served:
-        current = holder.current
-        if current is None:
-            raise HTTPException(503, "no production model is available yet; train and register one")
-        return current
+def _serving(holder: ModelHolder) -> Served:
+    current = holder.current
+    if current is None:
+        raise HTTPException(503, "no production model is available yet; train and register one")
+    return current
 
-    @app.get("/health", response_model=Health)
+
+def _book_index(model: Served, isbn: str):
+    try:
+        return model.recommender.item_indices([isbn])
+    except UnknownBookError as err:
+        raise HTTPException(404, str(err)) from None
+
+
+def _ops_routes(holder: ModelHolder, instruments: Instruments) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health", response_model=Health)
     def health(response: Response) -> Health:
         current = holder.current
         if current is None:
@@ -260,16 +278,22 @@ def create_app(holder: ModelHolder, feedback: FeedbackStore, start_polling: bool
             status="ok" if current else "no model", model_version=current.version if current else None
         )
 
-    @app.get("/metrics", response_class=Response)
+    @router.get("/metrics", response_class=Response)
     def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(instruments.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/recommendations/{user_id}", response_model=Recommendations)
+    return router
+
+
+def _read_routes(holder: ModelHolder, feedback: FeedbackStore, batcher: RankBatcher) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/recommendations/{user_id}", response_model=Recommendations)
     async def recommend(
         user_id: str = USER_ID, k: int = K, max_per_author: int | None = MAX_PER_AUTHOR
     ) -> dict:
         """Top-k books for a reader; a reader the model has never seen gets the cold-start answer."""
-        model = served()
+        model = _serving(holder)
         read, liked = model.recommender.live_history(feedback, user_id)
         rules = model.recommender.rules_for("default" if max_per_author is None else max_per_author)
         ids, scores = await batcher.rank(
@@ -282,10 +306,10 @@ def create_app(holder: ModelHolder, feedback: FeedbackStore, start_polling: bool
             "books": model.recommender.book_records(ids, scores),
         }
 
-    @app.post("/recommendations", response_model=Recommendations)
+    @router.post("/recommendations", response_model=Recommendations)
     async def recommend_new_reader(reader: NewReader) -> dict:
         """Top-k books for someone new, from age, location and a few liked books (no retraining)."""
-        model = served()
+        model = _serving(holder)
         new = Reader(age=reader.age, location=reader.location, liked_isbns=tuple(reader.liked_isbns))
         ids, scores = await batcher.rank(model.recommender, "<new reader>", reader.k, reader=new)
         return {
@@ -294,14 +318,11 @@ def create_app(holder: ModelHolder, feedback: FeedbackStore, start_polling: bool
             "books": model.recommender.book_records(ids, scores),
         }
 
-    @app.get("/books/{isbn}/similar", response_model=SimilarBooks)
+    @router.get("/books/{isbn}/similar", response_model=SimilarBooks)
     async def similar(isbn: str = ISBN, k: int = K, max_per_author: int | None = MAX_PER_AUTHOR) -> dict:
         """The books most similar to one book: never another edition of it, one edition per work."""
-        model = served()
-        try:
-            query = model.recommender.item_indices([isbn])
-        except UnknownBookError as err:
-            raise HTTPException(404, str(err)) from None
+        model = _serving(holder)
+        query = _book_index(model, isbn)
         rules = model.recommender.rules_for("default" if max_per_author is None else max_per_author)
         ids, scores = model.recommender.rank_similar(query, k, rules)
         return {
@@ -310,14 +331,16 @@ def create_app(holder: ModelHolder, feedback: FeedbackStore, start_polling: bool
             "books": model.recommender.book_records(ids[0], scores[0]),
         }
 
-    @app.post("/users/{user_id}/interactions", response_model=InteractionOut, status_code=201)
+    return router
+
+
+def _write_routes(holder: ModelHolder, feedback: FeedbackStore) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/users/{user_id}/interactions", response_model=InteractionOut, status_code=201)
     def add_interaction(interaction: InteractionIn, user_id: str = USER_ID) -> InteractionOut:
         """Store that a reader read (rating 0) or rated (1..10) a book; it counts at the next request."""
-        model = served()
-        try:
-            model.recommender.item_indices([interaction.isbn])
-        except UnknownBookError as err:
-            raise HTTPException(404, str(err)) from None
+        _book_index(_serving(holder), interaction.isbn)
         stored = feedback.add(user_id, interaction.isbn, interaction.rating)
         return InteractionOut(
             user_id=stored.user_id,
@@ -326,6 +349,27 @@ def create_app(holder: ModelHolder, feedback: FeedbackStore, start_polling: bool
             stored_at=stored.created_at.isoformat(),
         )
 
+    return router
+
+
+def create_app(holder: ModelHolder, feedback: FeedbackStore, start_polling: bool = True) -> FastAPI:
+    """The app: operations (health, metrics), reads (recommendations, similar books) and writes
+    (live feedback) over the model `holder` serves."""
+    instruments = Instruments.create()
+    batcher = RankBatcher(observe_batch_size=instruments.batch_sizes.observe)
+    app = FastAPI(
+        title="bookrec API",
+        version="1.0",
+        lifespan=_lifespan(holder, batcher, start_polling),
+        description="Real-time book recommendations from the registry's production model.",
+    )
+    app.add_middleware(GuardAndMeasure, requests=instruments.requests, latency=instruments.latency)
+    for router in (
+        _ops_routes(holder, instruments),
+        _read_routes(holder, feedback, batcher),
+        _write_routes(holder, feedback),
+    ):
+        app.include_router(router)
     return app
 
 

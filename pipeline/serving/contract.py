@@ -4,8 +4,12 @@ so that importing it has no side effect (pyfunc.py registers itself with MLflow 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from mlflow.models import ModelSignature
 
 DEFAULT_PARAMS = {"exclude": "all", "mode": "recommend", "max_per_author": "default"}
 
@@ -18,7 +22,7 @@ def bundle_artifacts(folder: Path) -> dict[str, str]:
     return {Path(name).stem: str(Path(folder) / name) for name in present}
 
 
-def model_signature():
+def model_signature() -> tuple[ModelSignature, pd.DataFrame]:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,9 @@ from pipeline.data.protocol import is_positive
 from pipeline.model.recommender import NCFRecommender, Recommender
 from pipeline.ranking import ListRules, Ranker
 from pipeline.storage.bundle import POSITIVES, Bundle, load_bundle
+
+if TYPE_CHECKING:
+    from pipeline.storage.feedback import FeedbackStore
 
 EXCLUDE_MODES = ("all", "train")
 MAX_K = 200
@@ -124,7 +129,7 @@ class BookRecommender:
         return {"all": every, "train": train}
 
     @classmethod
-    def from_folder(cls, folder) -> BookRecommender:
+    def from_folder(cls, folder: Path) -> BookRecommender:
         return cls(load_bundle(folder))
 
     # -- lookups ----------------------------------------------------------------------------------
@@ -207,7 +212,7 @@ class BookRecommender:
             encoded[["age_bucket", "country", "region"]].to_numpy(dtype=np.int64, copy=True)
         )
 
-    def live_history(self, store, user_id: str) -> tuple[list[str], list[str]]:
+    def live_history(self, store: FeedbackStore, user_id: str) -> tuple[list[str], list[str]]:
         """(every ISBN the reader told the feedback store about, the ones that count as positives by
         this model's protocol): what the API and the dashboard fold in and exclude."""
         latest = store.latest_ratings(user_id)
@@ -375,7 +380,7 @@ class RemappedRecommender(Recommender):
         isbns = items.sort_values("item_idx")["isbn"].astype(str)
         self.old_of_new = np.array([old_items.get(isbn, -1) for isbn in isbns], dtype=np.int64)
 
-    def fit(self, train):
+    def fit(self, train: sp.csr_matrix) -> RemappedRecommender:
         raise NotImplementedError
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
