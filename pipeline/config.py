@@ -54,7 +54,6 @@ class PreprocessParams(Section):
     item_core: int = Field(ge=1)
     test_fraction: float = Field(gt=0, lt=1)
     validation_fraction: float = Field(ge=0, lt=1)
-    min_rows_for_validation: int = Field(ge=1)
     seed: int
 
 

@@ -63,7 +63,7 @@ def preprocess(ws: Workspace, params: Params) -> dict:
     users = io.read_parquet(ws.interim / "users.parquet")
     books = io.read_parquet(ws.interim / "books.parquet")
     built = build_interactions(ratings, users, books, params.preprocess)
-    splits = split_interactions(built.interactions, params.preprocess)
+    splits = split_interactions(built.interactions, built.users, built.items, params.preprocess)
     counts = dict(built.counts) | {f"{name}_rows": len(frame) for name, frame in splits.items()}
     counts["protocol"] = PROTOCOL
     with io.atomic_directory(ws.processed) as out:
@@ -320,6 +320,7 @@ def _production_on_split(ws: Workspace, params: Params, version: str) -> float:
 
 def register_model(ws: Workspace, params: Params) -> dict:
     """Log the trained model to MLflow and register it as the `challenger` (once per distinct model)."""
+    from pipeline.data.split import split_fingerprint
     from pipeline.ops import registry, tracking, versioning
     from pipeline.storage.bundle import fingerprint
 
@@ -340,6 +341,7 @@ def register_model(ws: Workspace, params: Params) -> dict:
         **tracking.git_commit(ws.root),
         **{f"data:{path}": md5 for path, md5 in data_version.items()},
         "split_version": data_version.get(params.paths.processed, ""),
+        "split_fingerprint": split_fingerprint(params.preprocess),
         "feature_hash": metadata["feature_hash"],
         "protocol": metadata["protocol"],
         "trained_at": metadata["trained_at"],
@@ -376,27 +378,23 @@ def register_model(ws: Workspace, params: Params) -> dict:
 
 def gate_and_promote(ws: Workspace, params: Params, version: str, promote: bool = True) -> dict:
     """Run the promotion gate for `version`; move `production` to it only if every check passed."""
-    from pipeline.ops import registry, tracking, versioning
+    from pipeline.ops import registry, tracking
+    from pipeline.ops.gate import GateThresholds, decide
 
     client = tracking.client(ws.root)
     candidate = client.get_model_version(registry.MODEL_NAME, str(version))
     production = registry.production_version(client)
-    split_version = versioning.data_version(ws.root).get(params.paths.processed, "")
     production_ndcg = None
     if (
         production is not None
         and str(production.version) != str(candidate.version)
-        and production.tags.get("split_version") != split_version
+        and production.tags.get("split_version") != candidate.tags.get("split_version")
+        and production.tags.get("split_fingerprint") == candidate.tags.get("split_fingerprint")
     ):
+        # Another data version, the same split rule: production is measured on this test split.
         production_ndcg = _production_on_split(ws, params, str(production.version))
-    popularity = candidate.tags.get("popularity_ndcg_at_10")
-    decision = registry.evaluate_gate(
-        candidate,
-        production,
-        registry.GateThresholds(**params.gate.model_dump()),
-        float(popularity) if popularity else None,
-        production_ndcg,
-    )
+    inputs = registry.gate_inputs(candidate, production, production_ndcg)
+    decision = decide(inputs, GateThresholds(**params.gate.model_dump()))
     registry.record_decision(client, decision)
     aliases = {"production": None if production is None else str(production.version)}
     if decision.passed and promote:

@@ -385,6 +385,9 @@ def merge_feedback(
 def ingest_tables(
     raw: Mapping[str, pd.DataFrame], files: Mapping[str, str], params: IngestParams
 ) -> IngestResult:
+    for role in ("ratings", "users", "books"):  # the live feedback export may be empty; these may not
+        if len(raw[role]) == 0:
+            raise IngestError(files[role], "the file has a header and no rows")
     users = clean_users(raw["users"], params, files["users"])
     books = clean_books(raw["books"], params, files["books"])
     ratings = clean_ratings(raw["ratings"], users.clean["user_id"], files["ratings"])

@@ -1,6 +1,20 @@
-"""The protocol, part two: the seeded per-user random split (pure)."""
+"""The protocol, part two: the stable split (pure).
+
+Each interaction's split is a function of the reader's id, the book's ISBN and the seed alone: a keyed
+hash (BLAKE2b, the seed as key) of (User-ID, ISBN) maps the pair to a number u in [0, 1); the pair
+is test when u < test_fraction, validation when u < test_fraction + validation_fraction * (1 -
+test_fraction), and train otherwise. So adding, removing or reordering other rows (new feedback, a
+k-core that grows) never moves an interaction from one split to another, and the gate can compare
+two models trained on different data versions on the same held-out pairs.
+
+The per-reader fractions (20% test, 10% of the rest validation) hold in expectation rather than
+exactly: a reader with few interactions may have none in test (they are then not evaluated) or none
+in train (they are then scored from their side features, as a new reader would be).
+"""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pandas as pd
@@ -11,46 +25,46 @@ TRAIN, VALIDATION, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "validation", "test")
 
 
-def split_sizes(n_rows: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
-    """Per user: floor(f * n) test rows (at least 1, and one row always stays for training) and validation
-    rows from the rest (at least 1 when `min_rows_for_validation` remain)."""
-    n_rows = np.asarray(n_rows, dtype=np.int64)
-    # The epsilon keeps floor(0.2 * 15) at 3 whatever the float rounding.
-    n_test = np.maximum(1, np.floor(params.test_fraction * n_rows + 1e-9).astype(np.int64))
-    n_test = np.minimum(n_test, n_rows - 1).clip(min=0)
-    rest = n_rows - n_test
-    n_validation = np.maximum(1, np.floor(params.validation_fraction * rest + 1e-9).astype(np.int64))
-    n_validation = np.where(rest >= params.min_rows_for_validation, np.minimum(n_validation, rest - 1), 0)
-    return n_test, n_validation
-
-
-def assign_splits(users: np.ndarray, params: PreprocessParams) -> np.ndarray:
-    """A split label (TRAIN, VALIDATION, TEST) for each row, given each row's user.
-
-    Within a user the rows are put in a random order drawn from `params.seed`; the first ones go to
-    test, the next ones to validation. The same input order and seed give the same split.
-    """
-    users = np.asarray(users)
-    rng = np.random.default_rng(params.seed)
-    shuffle_key = rng.random(len(users))
-    order = np.lexsort((shuffle_key, users))
-    sorted_users = users[order]
-    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
-    n_rows = np.diff(np.r_[starts, len(users)])
-    rank = np.arange(len(users)) - np.repeat(starts, n_rows)
-    n_test, n_validation = split_sizes(n_rows, params)
-    n_test_row = np.repeat(n_test, n_rows)
-    n_validation_row = np.repeat(n_validation, n_rows)
-    label_sorted = np.where(
-        rank < n_test_row, TEST, np.where(rank < n_test_row + n_validation_row, VALIDATION, TRAIN)
+def pair_hash(user_ids: pd.Series, isbns: pd.Series, seed: int) -> np.ndarray:
+    """A number in [0, 1) per (User-ID, ISBN), the same on every machine and for every row order."""
+    key = int(seed).to_bytes(8, "little", signed=True)
+    values = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(f"{u}\x1f{i}".encode(), digest_size=8, key=key).digest(), "little")
+            for u, i in zip(user_ids.astype(str), isbns.astype(str), strict=True)
+        ),
+        dtype=np.uint64,
+        count=len(user_ids),
     )
-    labels = np.empty(len(users), dtype=np.int8)
-    labels[order] = label_sorted
-    return labels
+    return values / np.float64(2**64)
 
 
-def split_interactions(interactions: pd.DataFrame, params: PreprocessParams) -> dict[str, pd.DataFrame]:
-    labels = assign_splits(interactions["user_idx"].to_numpy(), params)
+def assign_splits(user_ids: pd.Series, isbns: pd.Series, params: PreprocessParams) -> np.ndarray:
+    """A split label (TRAIN, VALIDATION, TEST) for each (User-ID, ISBN) row."""
+    u = pair_hash(user_ids, isbns, params.seed)
+    validation_below = params.test_fraction + params.validation_fraction * (1 - params.test_fraction)
+    return np.where(u < params.test_fraction, TEST, np.where(u < validation_below, VALIDATION, TRAIN)).astype(
+        np.int8
+    )
+
+
+def split_fingerprint(params: PreprocessParams) -> str:
+    """Names the split rule: two data versions with the same fingerprint put every (reader, book)
+    pair they share in the same split, so one's training pairs never meet the other's test pairs."""
+    return (
+        f"pair-hash-blake2b-v1:seed={params.seed}:test={params.test_fraction:g}:"
+        f"validation={params.validation_fraction:g}"
+    )
+
+
+def split_interactions(
+    interactions: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, params: PreprocessParams
+) -> dict[str, pd.DataFrame]:
+    """`interactions` (user_idx, item_idx, ...) split by `assign_splits` of their raw ids, which
+    `users` (user_idx, user_id) and `items` (item_idx, isbn) map them back to."""
+    user_ids = users.set_index("user_idx")["user_id"].reindex(interactions["user_idx"])
+    isbns = items.set_index("item_idx")["isbn"].reindex(interactions["item_idx"])
+    labels = assign_splits(user_ids.reset_index(drop=True), isbns.reset_index(drop=True), params)
     return {
         name: interactions[labels == code].reset_index(drop=True) for code, name in enumerate(SPLIT_NAMES)
     }

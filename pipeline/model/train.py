@@ -25,6 +25,10 @@ from pipeline.model.ncf import NCF, NCFConfig
 from pipeline.model.sampling import NegativeSampler
 
 
+class TrainingTimeout(RuntimeError):
+    """Training passed its wall-clock guard (`train.max_seconds`)."""
+
+
 @dataclass
 class TrainingData:
     train: sp.csr_matrix  # (n_users, n_items) binary positives of the train split
@@ -207,8 +211,13 @@ def fit(
             history.stopped_because = f"no validation improvement for {params.patience} evaluations"
             break
         if params.max_seconds and elapsed > params.max_seconds:
-            history.stopped_because = f"time budget of {params.max_seconds} s reached"
-            break
+            # A guard, never a budget: stopping early here would make the model depend on the
+            # machine's load, so the stage fails loudly instead and nothing is written.
+            raise TrainingTimeout(
+                f"training passed train.max_seconds ({params.max_seconds:g} s) after epoch {epoch} "
+                f"({elapsed:.0f} s); the epoch budget is train.epochs and train.patience. Raise the guard "
+                "or lower train.epochs."
+            )
     else:
         history.stopped_because = f"all {params.epochs} epochs done"
     model.load_state_dict(best_state)

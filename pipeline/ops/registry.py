@@ -8,7 +8,6 @@ check of the gate passed; a refused or failed gate leaves it exactly where it wa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,33 +15,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pipeline.serving.service import BookRecommender
 
+from pipeline.ops.gate import FLOORS, GateDecision, GateInputs, Production
+
 MODEL_NAME = "bookrec-ncf"
 CHALLENGER, PRODUCTION, PREVIOUS = "challenger", "production", "previous"
 
 
 class RegistryError(RuntimeError):
     """The registry cannot be reached, or a version/alias does not exist."""
-
-
-@dataclass(frozen=True)
-class GateThresholds:
-    ndcg_tolerance: float  # candidate NDCG@10 >= production NDCG@10 - tolerance
-    min_coverage: float
-    min_personalization: float
-    min_novelty: float  # normalised novelty, in [0, 1]
-    beat_popularity: bool  # candidate NDCG@10 must exceed the popularity baseline's on the same split
-
-
-@dataclass
-class GateDecision:
-    version: str
-    passed: bool
-    reasons: list[str] = field(default_factory=list)
-    compared_with: str | None = None
-
-    def summary(self) -> str:
-        verdict = "PASSED" if self.passed else "REFUSED"
-        return f"gate {verdict} for version {self.version}: " + "; ".join(self.reasons)
 
 
 def _alias_version(client, alias: str) -> Any | None:
@@ -116,54 +96,30 @@ def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
     return {metric_tag(key): f"{value:.6f}" for key, value in metrics.items()}
 
 
-def evaluate_gate(
-    candidate: Any,
-    production: Any | None,
-    thresholds: GateThresholds,
-    popularity_ndcg: float | None,
-    production_ndcg_on_split: float | None = None,
-) -> GateDecision:
-    """Pure decision from the versions' metric tags. `production_ndcg_on_split` replaces production's
-    stored NDCG when production was evaluated on a different split (it is then re-measured on this one)."""
-    tags = candidate.tags
-    decision = GateDecision(version=str(candidate.version), passed=True)
-
-    def check(ok: bool, text: str) -> None:
-        decision.reasons.append(("ok: " if ok else "FAIL: ") + text)
-        decision.passed &= ok
-
-    ndcg = _metric(tags, "ndcg@10")
-    if ndcg is None:
-        check(False, f"the candidate has no {metric_tag('ndcg@10')} tag")
-        return decision
-    for key, floor in (
-        ("coverage@10", thresholds.min_coverage),
-        ("personalization@10", thresholds.min_personalization),
-        ("novelty_normalised@10", thresholds.min_novelty),
-    ):
-        value = _metric(tags, key)
-        check(value is not None and value >= floor, f"{key} {value} >= floor {floor}")
-    if thresholds.beat_popularity and popularity_ndcg is not None:
-        check(ndcg > popularity_ndcg, f"ndcg@10 {ndcg:.4f} > popularity baseline {popularity_ndcg:.4f}")
-    if production is None:
-        decision.reasons.append("no production model yet")
-    elif str(production.version) == str(candidate.version):
-        decision.reasons.append("the candidate is already production")
-    else:
-        decision.compared_with = str(production.version)
+def gate_inputs(
+    candidate: Any, production: Any | None, production_ndcg_on_split: float | None = None
+) -> GateInputs:
+    """What the gate decides on, read from the versions' tags. `production_ndcg_on_split` is
+    production re-measured on the candidate's test split; None when both were measured on one split
+    (production's own figure then counts)."""
+    production_inputs = None
+    if production is not None:
         reference = production_ndcg_on_split
-        if reference is None:
+        if reference is None and production.tags.get("split_version") == candidate.tags.get("split_version"):
             reference = _metric(production.tags, "ndcg@10")
-        if reference is None:
-            check(False, f"production version {production.version} has no ndcg@10 to compare with")
-        else:
-            bar = reference - thresholds.ndcg_tolerance
-            check(
-                ndcg >= bar,
-                f"ndcg@10 {ndcg:.4f} >= production v{production.version} {reference:.4f} "
-                f"- tolerance {thresholds.ndcg_tolerance} = {bar:.4f}",
-            )
-    return decision
+        production_inputs = Production(
+            version=str(production.version),
+            split_fingerprint=production.tags.get("split_fingerprint"),
+            ndcg_on_candidate_split=reference,
+        )
+    popularity = candidate.tags.get("popularity_ndcg_at_10")
+    return GateInputs(
+        version=str(candidate.version),
+        metrics={key: _metric(candidate.tags, key) for key in ("ndcg@10", *FLOORS)},
+        split_fingerprint=candidate.tags.get("split_fingerprint"),
+        popularity_ndcg=float(popularity) if popularity not in (None, "") else None,
+        production=production_inputs,
+    )
 
 
 def record_decision(client, decision: GateDecision) -> None:

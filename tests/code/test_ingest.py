@@ -236,3 +236,16 @@ def test_live_feedback_joins_ratings_and_adds_new_readers(tmp_path):
     assert sorted(result.feedback.rejected["reason"]) == ["already_in_book_crossing", "user_id_invalid"]
     report = result.report()["feedback"]
     assert report["rows_read"] == report["rows_written"] + report["rows_rejected"] == 4
+
+
+def test_a_ratings_file_with_a_header_and_no_rows_stops_ingest_naming_the_file(tmp_path):
+    from pipeline.data.ingest import ingest_tables
+
+    users = write(tmp_path / "BX-Users.csv", ['"User-ID";"Location";"Age"', '"1";"a, b, c";"30"'])
+    books = write(tmp_path / "BX-Books.csv", [BOOKS_HEADER, '"0000000001";"T";"A";"2000";"P";"s";"m";"l"'])
+    ratings = write(tmp_path / "BX-Book-Ratings.csv", ['"User-ID";"ISBN";"Book-Rating"'])
+    raw = {"users": read_raw_csv(users, "users"), "books": read_raw_csv(books, "books")}
+    raw["ratings"] = read_raw_csv(ratings, "ratings")
+    files = {"users": "BX-Users.csv", "books": "BX-Books.csv", "ratings": "BX-Book-Ratings.csv"}
+    with pytest.raises(IngestError, match=r"^BX-Book-Ratings\.csv: the file has a header and no rows"):
+        ingest_tables(raw, files, PARAMS)

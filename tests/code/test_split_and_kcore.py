@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from pipeline.config import PreprocessParams
 from pipeline.data.preprocess import build_interactions, k_core
-from pipeline.data.split import TEST, TRAIN, VALIDATION, assign_splits, split_interactions, split_sizes
+from pipeline.data.split import TEST, TRAIN, VALIDATION, assign_splits, split_interactions
 
 PARAMS = PreprocessParams(
     min_explicit_rating=5,
@@ -17,16 +17,22 @@ PARAMS = PreprocessParams(
     item_core=5,
     test_fraction=0.2,
     validation_fraction=0.1,
-    min_rows_for_validation=3,
     seed=42,
 )
 
 
-def test_split_sizes_by_hand():
-    n_test, n_validation = split_sizes(np.array([1, 2, 3, 4, 5, 9, 10, 15, 34, 35]), PARAMS)
-    assert n_test.tolist() == [0, 1, 1, 1, 1, 1, 2, 3, 6, 7]
-    # rest = n - test: 1, 1, 2, 3, 4, 8, 8, 12, 28, 28
-    assert n_validation.tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 2, 2]
+def frame_of(pairs) -> pd.DataFrame:
+    return pd.DataFrame(pairs, columns=["user_id", "isbn"]).astype(str)
+
+
+def test_a_pairs_split_is_its_keyed_hash_by_hand():
+    import hashlib
+
+    digest = hashlib.blake2b(b"276725\x1f034545104X", digest_size=8, key=(42).to_bytes(8, "little")).digest()
+    u = int.from_bytes(digest, "little") / 2**64
+    expected = TEST if u < 0.2 else VALIDATION if u < 0.28 else TRAIN
+    pairs = frame_of([("276725", "034545104X")])
+    assert assign_splits(pairs["user_id"], pairs["isbn"], PARAMS).tolist() == [expected]
 
 
 pairs_strategy = st.lists(
@@ -35,32 +41,47 @@ pairs_strategy = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(pairs=pairs_strategy, seed=st.integers(0, 2**31))
-def test_split_is_disjoint_covers_every_row_and_keeps_training_rows(pairs, seed):
+@given(
+    pairs=pairs_strategy, seed=st.integers(0, 2**31), cut=st.integers(0, 400), shuffle=st.integers(0, 2**31)
+)
+def test_other_rows_never_move_a_pairs_split(pairs, seed, cut, shuffle):
     params = PARAMS.model_copy(update={"seed": seed})
-    frame = pd.DataFrame(pairs, columns=["user_idx", "item_idx"]).astype("int32").assign(rating=np.int8(0))
-    labels = assign_splits(frame["user_idx"].to_numpy(), params)
-    assert np.array_equal(labels, assign_splits(frame["user_idx"].to_numpy(), params))  # deterministic
-    splits = split_interactions(frame, params)
-    assert sum(len(s) for s in splits.values()) == len(frame)
-    keys = [set(map(tuple, s[["user_idx", "item_idx"]].to_numpy().tolist())) for s in splits.values()]
-    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
-    train_users = set(splits["train"]["user_idx"])
-    assert set(splits["test"]["user_idx"]) <= train_users
-    assert set(splits["validation"]["user_idx"]) <= train_users
-    sizes = frame.groupby("user_idx").size()
-    n_test, n_validation = split_sizes(sizes.to_numpy(), params)
-    got = pd.Series(labels).groupby(frame["user_idx"].to_numpy())
-    assert (got.apply(lambda s: (s == TEST).sum()).to_numpy() == n_test).all()
-    assert (got.apply(lambda s: (s == VALIDATION).sum()).to_numpy() == n_validation).all()
-    assert (got.apply(lambda s: (s == TRAIN).sum()).to_numpy() >= 1).all()
+    frame = frame_of(pairs)
+    labels = pd.Series(
+        assign_splits(frame["user_id"], frame["isbn"], params), index=pd.MultiIndex.from_frame(frame)
+    )
+    # a subset of the rows, in another order, with rows of new readers and books added
+    other = frame.iloc[:cut].sample(frac=1.0, random_state=shuffle % 2**32)
+    other = pd.concat([other, frame_of([(f"new{i}", f"isbn{i}") for i in range(20)])], ignore_index=True)
+    again = pd.Series(
+        assign_splits(other["user_id"], other["isbn"], params), index=pd.MultiIndex.from_frame(other)
+    )
+    common = labels.index.intersection(again.index)
+    assert (labels[common] == again[common]).all()
 
 
-def test_split_changes_with_seed_but_not_with_repeat():
-    users = np.repeat(np.arange(50), 20)
-    a = assign_splits(users, PARAMS)
-    assert np.array_equal(a, assign_splits(users, PARAMS))
-    assert not np.array_equal(a, assign_splits(users, PARAMS.model_copy(update={"seed": 43})))
+def test_split_fractions_hold_on_many_rows_and_change_with_the_seed():
+    users = np.repeat(np.arange(2000), 25).astype(str)
+    isbns = np.tile(np.arange(25), 2000).astype(str)
+    labels = assign_splits(pd.Series(users), pd.Series(isbns), PARAMS)
+    shares = np.bincount(labels, minlength=3) / len(labels)
+    assert abs(shares[TEST] - 0.2) < 0.01 and abs(shares[VALIDATION] - 0.08) < 0.01
+    other = assign_splits(pd.Series(users), pd.Series(isbns), PARAMS.model_copy(update={"seed": 43}))
+    assert (labels != other).mean() > 0.3
+
+
+def test_split_interactions_maps_indices_back_to_raw_ids():
+    interactions = pd.DataFrame({"user_idx": [0, 0, 1], "item_idx": [0, 1, 1], "rating": [0, 0, 0]})
+    users = pd.DataFrame({"user_idx": [0, 1], "user_id": ["7", "8"]})
+    items = pd.DataFrame({"item_idx": [0, 1], "isbn": ["A", "B"]})
+    splits = split_interactions(interactions, users, items, PARAMS)
+    raw = frame_of([("7", "A"), ("7", "B"), ("8", "B")])
+    labels = assign_splits(raw["user_id"], raw["isbn"], PARAMS)
+    for code, name in enumerate(("train", "validation", "test")):
+        assert (
+            splits[name][["user_idx", "item_idx"]].values.tolist()
+            == interactions[labels == code][["user_idx", "item_idx"]].values.tolist()
+        )
 
 
 def naive_k_core(pairs: set[tuple[int, int]], k_user: int, k_item: int) -> set[tuple[int, int]]:

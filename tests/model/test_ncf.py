@@ -210,3 +210,12 @@ def test_similar_books_through_the_ann_index_match_exact_search(trained_project)
     overlap = (a["similar_isbn"] == b["similar_isbn"]).mean()
     assert overlap > 0.95 and not (b["isbn"] == b["similar_isbn"]).any()
     np.testing.assert_allclose(a["score"], b["score"], atol=1e-4, rtol=0)
+
+
+def test_the_wall_clock_guard_fails_training_loudly_instead_of_stopping_early():
+    from pipeline.model.train import TrainingTimeout
+
+    data = planted()
+    params = small_params(epochs=3, max_seconds=1e-9)
+    with pytest.raises(TrainingTimeout, match="train.max_seconds"):
+        fit(build_model(data, params), data, params, validate=None, show_progress=False)

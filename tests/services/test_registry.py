@@ -51,6 +51,7 @@ def test_production_version_carries_lineage_and_metrics(project, client):
     assert tags["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert float(tags["metric.ndcg_at_10"]) > 0
     assert tags["gate"] == "passed"
+    assert tags["split_fingerprint"].startswith("pair-hash-blake2b-v1:seed=42:")
     mlflow_run = client.get_run(version.run_id)
     assert mlflow_run.data.params["gmf_dim"] == "16"
     assert (
