@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from pipeline.storage.secrets import api_token, api_token_file, write_secret_once
+
 BIN = Path(sys.executable).parent
 DAG_ID = "bookrec_training"
 
@@ -45,11 +47,8 @@ def admin_password(root: Path) -> str:
     """The Airflow admin password, generated once into airflow_home/passwords.json."""
     home = airflow_home(root)
     home.mkdir(parents=True, exist_ok=True)
-    passwords = home / "passwords.json"
-    if not passwords.is_file():
-        passwords.write_text(json.dumps({"admin": secrets.token_urlsafe(12)}))
-        passwords.chmod(0o600)
-    return json.loads(passwords.read_text())["admin"]
+    stored = write_secret_once(home / "passwords.json", json.dumps({"admin": secrets.token_urlsafe(12)}))
+    return json.loads(stored)["admin"]
 
 
 def airflow_env(root: Path) -> dict[str, str]:
@@ -193,6 +192,7 @@ def stop(started: list[Service], grace: float = 30.0) -> None:
 def up(root: Path, echo=print) -> int:
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
+    api_token(root)  # made once, owner-only, before any service can need it
     if not has_production_model(root):
         echo("No production model yet: running the training DAG once (airflow dags test) ...")
         if pipeline_run(root) != 0:
@@ -218,7 +218,8 @@ def up(root: Path, echo=print) -> int:
         echo("\nbookrec is up (Ctrl-C stops everything):")
         for service in started:
             echo(f"  {service.name:<10} {service.url}")
-        echo(f"  Airflow login: admin / {admin_password(root)}  (airflow_home/passwords.json)")
+        echo(f"  Airflow login: user admin, password in {airflow_home(root) / 'passwords.json'}")
+        echo(f"  API write token (Authorization: Bearer ...) in {api_token_file(root)}")
         echo(f"  logs in {logs}/")
         while not stopping:
             for service in started:

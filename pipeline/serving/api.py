@@ -14,16 +14,19 @@ matrix for the whole batch.
 from __future__ import annotations
 
 import gc
+import hmac
 import logging
 import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +39,8 @@ MAX_BODY_BYTES = 64 * 1024
 USER_ID = PathParam(min_length=1, max_length=32, pattern=r"^[\w.-]+$", description="Book-Crossing User-ID")
 ISBN = PathParam(min_length=1, max_length=32, pattern=r"^[\w.-]+$", description="ISBN-10 or ISBN-13")
 K = Query(10, ge=1, le=MAX_K, description="How many books")
+BEARER = HTTPBearer(auto_error=False, description="The API's write token (run/api_token)")
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 MAX_PER_AUTHOR = Query(
     None,
     ge=0,
@@ -334,8 +339,24 @@ def _read_routes(holder: ModelHolder, feedback: FeedbackStore, batcher: RankBatc
     return router
 
 
-def _write_routes(holder: ModelHolder, feedback: FeedbackStore) -> APIRouter:
-    router = APIRouter()
+def bearer_guard(token: str):
+    """A dependency that lets a request through only with `Authorization: Bearer <token>`:
+    401 without credentials, 403 with a wrong token (compared in constant time)."""
+
+    def guard(credentials: BearerCredentials) -> None:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(
+                401, "this endpoint needs Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
+            )
+        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(403, "the bearer token is not valid for this API")
+
+    return guard
+
+
+def _write_routes(holder: ModelHolder, feedback: FeedbackStore, token: str) -> APIRouter:
+    """Writes feed the next training run: only holders of the token may make them."""
+    router = APIRouter(dependencies=[Depends(bearer_guard(token))])
 
     @router.post("/users/{user_id}/interactions", response_model=InteractionOut, status_code=201)
     def add_interaction(interaction: InteractionIn, user_id: str = USER_ID) -> InteractionOut:
@@ -352,9 +373,11 @@ def _write_routes(holder: ModelHolder, feedback: FeedbackStore) -> APIRouter:
     return router
 
 
-def create_app(holder: ModelHolder, feedback: FeedbackStore, start_polling: bool = True) -> FastAPI:
+def create_app(
+    holder: ModelHolder, feedback: FeedbackStore, write_token: str, start_polling: bool = True
+) -> FastAPI:
     """The app: operations (health, metrics), reads (recommendations, similar books) and writes
-    (live feedback) over the model `holder` serves."""
+    (live feedback, bearer `write_token` required) over the model `holder` serves."""
     instruments = Instruments.create()
     batcher = RankBatcher(observe_batch_size=instruments.batch_sizes.observe)
     app = FastAPI(
@@ -367,11 +390,13 @@ def create_app(holder: ModelHolder, feedback: FeedbackStore, start_polling: bool
     for router in (
         _ops_routes(holder, instruments),
         _read_routes(holder, feedback, batcher),
-        _write_routes(holder, feedback),
+        _write_routes(holder, feedback, write_token),
     ):
         app.include_router(router)
     return app
 
 
 def build_app(root: Path, poll_seconds: float = 10.0) -> FastAPI:
-    return create_app(registry_holder(root, poll_seconds), FeedbackStore.for_root(root))
+    from pipeline.storage.secrets import api_token
+
+    return create_app(registry_holder(root, poll_seconds), FeedbackStore.for_root(root), api_token(root))

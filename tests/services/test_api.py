@@ -43,6 +43,11 @@ class Service:
             time.sleep(0.3)
         raise AssertionError("bookrec serve did not become healthy within 90 s")
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The write token `bookrec serve` made in the project (run/api_token)."""
+        return {"Authorization": f"Bearer {(self.root / 'run' / 'api_token').read_text().strip()}"}
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
@@ -245,17 +250,37 @@ def test_similar_books_and_unknown_isbn(service):
 )
 def test_bad_input_gets_a_clear_4xx(service, method, path, body, status):
     content = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
-    answer = httpx.request(
-        method, service.url + path, content=content, headers={"content-type": "application/json"}
-    )
+    headers = {"content-type": "application/json", **service.auth}
+    answer = httpx.request(method, service.url + path, content=content, headers=headers)
     assert answer.status_code == status, answer.text
     assert answer.json().get("detail")
+
+
+def test_writes_need_the_bearer_token_reads_do_not(project, service):
+    import stat
+
+    token_file = project / "run" / "api_token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600  # readable by its owner only
+    url = f"{service.url}/users/1002/interactions"
+    body = {"isbn": "1000000011", "rating": 8}
+    missing = httpx.post(url, json=body)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.post(url, json=body, headers={"Authorization": "Bearer not-the-token"})
+    assert wrong.status_code == 403
+    assert httpx.post(url, json=body, headers={"Authorization": "Basic abc"}).status_code == 401
+    from pipeline.storage.feedback import FeedbackStore
+
+    assert "1000000011" not in FeedbackStore.for_root(project).latest_ratings("1002")  # nothing stored
+    assert httpx.post(url, json=body, headers=service.auth).status_code == 201
+    assert httpx.get(f"{service.url}/recommendations/1002").status_code == 200  # reads stay open
 
 
 def test_posted_interaction_is_reflected_at_once_and_survives_a_restart(project, service):
     before = httpx.get(f"{service.url}/recommendations/1001").json()["books"]
     top = before[0]["isbn"]
-    stored = httpx.post(f"{service.url}/users/1001/interactions", json={"isbn": top, "rating": 9})
+    stored = httpx.post(
+        f"{service.url}/users/1001/interactions", json={"isbn": top, "rating": 9}, headers=service.auth
+    )
     assert stored.status_code == 201 and stored.json()["isbn"] == top
     after = httpx.get(f"{service.url}/recommendations/1001").json()["books"]
     assert top not in {b["isbn"] for b in after}
