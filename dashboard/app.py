@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
-from data_access import NoModel, current
+from data_access import NoModel, current, serving_status
 
 st.set_page_config(page_title="bookrec", page_icon=":material/menu_book:", layout="wide")
 
@@ -19,7 +19,12 @@ with st.sidebar:
     try:
         info, _ = current()
         tags = info.tags
-        st.markdown(f"**Model** `bookrec-ncf` v{info.version} (production)")
+        state = serving_status()
+        if state.status == "ok":
+            st.markdown(f"**Model** `bookrec-ncf` v{info.version} (production)")
+        else:
+            st.markdown(f"**Model** `bookrec-ncf` v{info.version} (serving; **degraded**)")
+            st.error(f"Degraded: {state.error}. Still serving v{state.serving_version}.")
         st.caption(f"Trained {tags.get('trained_at', '?')} · registered {info.created}")
         st.caption(
             f"Data: processed `{tags.get('split_version', '?')[:10]}` · raw `{tags.get('data:data/raw', '?')[:10]}`"

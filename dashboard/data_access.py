@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from pipeline.ops import registry, tracking
+from pipeline.serving.holder import ModelHolder, ServingStatus, registry_holder
 from pipeline.serving.service import BookRecommender
 from pipeline.storage.feedback import FeedbackStore
 
@@ -37,34 +38,43 @@ class NoModel(RuntimeError):
     """Nothing to serve: no production model, or the registry cannot be reached."""
 
 
-@st.cache_data(ttl=15, show_spinner=False)
-def production_info(store: str) -> Production | None:
-    """The version the `production` alias points at; re-read every 15 s so that a move is noticed."""
-    client = tracking.client(root())
-    version = registry.production_version(client)
-    if version is None:
-        return None
-    created = pd.Timestamp(version.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")
-    return Production(str(version.version), version.run_id, dict(version.tags), created)
+@st.cache_data(show_spinner=False)
+def version_info(store: str, version: str) -> Production:
+    """What the sidebar shows of one registry version (immutable once registered, so cached for good)."""
+    found = tracking.client(root()).get_model_version(registry.MODEL_NAME, version)
+    created = pd.Timestamp(found.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")
+    return Production(str(found.version), found.run_id, dict(found.tags), created)
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the production model ...")
-def recommender_for(store: str, version: str) -> BookRecommender:
-    """Loaded once per version (the cache key), straight from the registry."""
-    return registry.load_recommender(root(), version)
+@st.cache_resource(show_spinner="Loading the production model ...")
+def _holder(store: str) -> ModelHolder:
+    """One holder per registry and process, shared by every session: it loads the version the
+    `production` alias names, polls the alias every 15 s, and keeps serving the last version that
+    loaded when a new one cannot be (the API does the same)."""
+    holder = registry_holder(root(), poll_seconds=15)
+    holder.refresh()  # raises when the registry cannot be reached: nothing is cached then
+    holder.start()
+    return holder
+
+
+def serving_status() -> ServingStatus:
+    return _holder(_store()).status()
 
 
 def current() -> tuple[Production, BookRecommender]:
     try:
-        info = production_info(_store())
+        holder = _holder(_store())
     except Exception as err:
         raise NoModel(f"The model registry cannot be reached ({_store()}): {err}") from err
-    if info is None:
+    if holder.current is None:
+        state = holder.status()
+        if state.error:
+            raise NoModel(f"Production version {state.production_version} could not be loaded: {state.error}")
         raise NoModel(
             "There is no production model yet. Run the training pipeline (`make up` runs it once, "
             "or trigger `bookrec_training` in Airflow) and reload this page."
         )
-    return info, recommender_for(_store(), info.version)
+    return version_info(_store(), holder.current.version), holder.current.recommender
 
 
 @st.cache_resource
@@ -85,6 +95,15 @@ def _versions(store: str) -> pd.DataFrame:
 
 def versions() -> pd.DataFrame:
     return _versions(_store())
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def _serving_history(store: str) -> pd.DataFrame:
+    return pd.DataFrame(registry.serving_history(tracking.client(root())))
+
+
+def serving_history() -> pd.DataFrame:
+    return _serving_history(_store())
 
 
 def model_or_stop() -> tuple[Production, BookRecommender]:

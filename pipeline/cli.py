@@ -227,10 +227,22 @@ def registry_promote(
     typer.echo(json.dumps(registry.promote(_registry_client(), version, reason)))
 
 
+@registry_app.command("history")
+@reports_errors
+def registry_history() -> None:
+    """Every move of `production`: version, time, who or what moved it, and why."""
+    import pandas as pd
+
+    from pipeline.ops import registry
+
+    rows = registry.serving_history(_registry_client())
+    typer.echo(pd.DataFrame(rows).to_string(index=False) if rows else "production has never been set")
+
+
 @registry_app.command("rollback")
 @reports_errors
 def registry_rollback(reason: Annotated[str, typer.Option(help="Why; recorded on the version.")]) -> None:
-    """Move `production` back to `previous`, recording why."""
+    """Move `production` back to the version that served before the current one, recording why."""
     from pipeline.ops import registry
 
     typer.echo(json.dumps(registry.rollback(_registry_client(), reason)))

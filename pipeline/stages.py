@@ -398,7 +398,9 @@ def gate_and_promote(ws: Workspace, params: Params, version: str, promote: bool 
     registry.record_decision(client, decision)
     aliases = {"production": None if production is None else str(production.version)}
     if decision.passed and promote:
-        aliases = registry.promote(client, str(candidate.version), decision.summary())
+        aliases = registry.promote(
+            client, str(candidate.version), decision.summary(), by="the promotion gate"
+        )
     return {
         "version": str(candidate.version),
         "gate": "passed" if decision.passed else "refused",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
-from data_access import versions
+from data_access import serving_history, versions
 
 st.header("Registered models")
 try:
@@ -17,6 +17,17 @@ if table.empty:
     st.info("No model has been registered yet.")
     st.stop()
 st.dataframe(table, hide_index=True, width="stretch")
+
+st.subheader("Serving history")
+st.caption(
+    "Every move of the production alias, by the gate, by `bookrec registry promote`/`rollback`, or by "
+    "hand in the MLflow UI. `bookrec registry rollback` returns to the version that served before the current one."
+)
+moves = serving_history()
+if moves.empty:
+    st.info("Production has never been set.")
+else:
+    st.dataframe(moves.iloc[::-1], hide_index=True, width="stretch")  # newest first
 
 numeric = table.copy()
 for column in ("ndcg@10", "recall@10", "coverage@10"):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pipeline.serving.service import BookRecommender
 
+from pipeline.ops import history
 from pipeline.ops.gate import FLOORS, GateDecision, GateInputs, Production
 
 MODEL_NAME = "bookrec-ncf"
@@ -134,34 +135,51 @@ def record_decision(client, decision: GateDecision) -> None:
     client.update_model_version(MODEL_NAME, decision.version, description=f"[{stamp}] {decision.summary()}")
 
 
-def promote(client, version: str, reason: str) -> dict[str, str | None]:
-    """Move `production` to `version`; the version it leaves becomes `previous`."""
+def promote(client, version: str, reason: str, by: str = "bookrec registry promote") -> dict[str, str | None]:
+    """Move `production` to `version` and record the move; the version it leaves becomes `previous`."""
     target = client.get_model_version(MODEL_NAME, str(version))  # raises if it does not exist
     current = production_version(client)
+    history.reconcile(client, MODEL_NAME, _version_of(current))
     if current is not None and str(current.version) == str(target.version):
         return {"production": str(target.version), "previous": _version_of(_alias_version(client, PREVIOUS))}
-    if current is not None:
-        client.set_registered_model_alias(MODEL_NAME, PREVIOUS, current.version)
-    client.set_registered_model_alias(MODEL_NAME, PRODUCTION, target.version)
-    stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    client.set_model_version_tag(MODEL_NAME, target.version, "promoted_at", stamp)
+    _move_production(client, str(target.version), current, by, reason)
     client.set_model_version_tag(MODEL_NAME, target.version, "promoted_because", reason[:4900])
     return {"production": str(target.version), "previous": _version_of(current)}
 
 
 def rollback(client, reason: str) -> dict[str, str | None]:
-    """Move `production` back to `previous`; the version rolled back from becomes `previous`."""
-    previous = _alias_version(client, PREVIOUS)
+    """Move `production` back to the version that served before the current one, whoever moved the
+    alias to the current one (the serving history says which); the current one becomes `previous`."""
     current = production_version(client)
-    if previous is None:
-        raise RegistryError("no `previous` version to roll back to")
-    client.set_registered_model_alias(MODEL_NAME, PRODUCTION, previous.version)
+    history.reconcile(client, MODEL_NAME, _version_of(current))
+    target = history.served_before(history.moves(client, MODEL_NAME))
+    if target is None:
+        raise RegistryError("no earlier serving version to roll back to (the serving history has one entry)")
+    _move_production(client, target, current, "bookrec registry rollback", reason)
+    if current is not None:
+        client.set_model_version_tag(MODEL_NAME, current.version, "rolled_back_because", reason[:4900])
+    return {"production": target, "previous": _version_of(current)}
+
+
+def _move_production(client, target: str, current: Any | None, by: str, reason: str) -> None:
     if current is not None:
         client.set_registered_model_alias(MODEL_NAME, PREVIOUS, current.version)
-        client.set_model_version_tag(MODEL_NAME, current.version, "rolled_back_because", reason[:4900])
-    stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    client.set_model_version_tag(MODEL_NAME, previous.version, "restored_at", stamp)
-    return {"production": str(previous.version), "previous": _version_of(current)}
+    client.set_registered_model_alias(MODEL_NAME, PRODUCTION, target)
+    client.set_model_version_tag(
+        MODEL_NAME, target, "promoted_at", datetime.now(UTC).isoformat(timespec="seconds")
+    )
+    history.record(client, MODEL_NAME, target, by, reason)
+
+
+def serving_history(client) -> list[dict[str, Any]]:
+    """Every move of `production`, oldest first (reconciled with the alias first)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        history.reconcile(client, MODEL_NAME, _version_of(production_version(client)))
+        return [move.as_dict() for move in history.moves(client, MODEL_NAME)]
+    except MlflowException:
+        return []
 
 
 def _version_of(model_version: Any | None) -> str | None:

@@ -13,10 +13,8 @@ matrix for the whole batch.
 
 from __future__ import annotations
 
-import gc
 import hmac
 import logging
-import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,11 +25,19 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.serving.batching import RankBatcher
-from pipeline.serving.service import MAX_K, BookRecommender, Reader, UnknownBookError
+from pipeline.serving.holder import ModelHolder, Served, registry_holder
+from pipeline.serving.service import MAX_K, Reader, UnknownBookError
 from pipeline.storage.feedback import FeedbackStore
 
 log = logging.getLogger("bookrec.api")
@@ -95,64 +101,10 @@ class NewReader(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
-    model_version: str | None
-
-
-@dataclass
-class Served:
-    version: str
-    recommender: BookRecommender
-
-
-class ModelHolder:
-    """The model being served; `swap` replaces it atomically."""
-
-    def __init__(self, loader, version_lookup, poll_seconds: float):
-        self._load = loader  # version -> BookRecommender
-        self._lookup = version_lookup  # () -> version string or None
-        self.poll_seconds = poll_seconds
-        self.current: Served | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def refresh(self) -> bool:
-        """Load the production version if it differs from the one served; True if it swapped."""
-        version = self._lookup()
-        if version is None or (self.current is not None and self.current.version == version):
-            return False
-        loaded = Served(version, self._load(version))
-        # The model's tables are long-lived: keep them out of the garbage collector's scans, whose
-        # pauses would otherwise show up in the latency tail.
-        gc.collect()
-        gc.freeze()
-        self.current = loaded  # one reference assignment: requests see the old or the new model, whole
-        log.info("serving bookrec-ncf version %s", version)
-        return True
-
-    def start(self) -> None:
-        def poll():
-            while not self._stop.wait(self.poll_seconds):
-                try:
-                    self.refresh()
-                except Exception:  # keep serving the current model when the registry is down
-                    log.exception("could not refresh the production model")
-
-        self._thread = threading.Thread(target=poll, name="model-refresh", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def registry_holder(root: Path, poll_seconds: float) -> ModelHolder:
-    from pipeline.ops import registry, tracking
-
-    def lookup() -> str | None:
-        version = registry.production_version(tracking.client(root))
-        return None if version is None else str(version.version)
-
-    return ModelHolder(lambda version: registry.load_recommender(root, version), lookup, poll_seconds)
+    status: str = Field(description="ok, degraded (serving, but not the version the alias names) or no model")
+    model_version: str | None = Field(description="the version actually serving")
+    production_version: str | None = Field(None, description="the version the production alias names")
+    error: str | None = None
 
 
 class GuardAndMeasure:
@@ -215,6 +167,8 @@ class Instruments:
     requests: Counter
     latency: Histogram
     batch_sizes: Histogram
+    serving: Gauge  # 1 for the version actually serving
+    degraded: Gauge  # 1 when the alias names a version that is not serving (or nothing serves)
 
     @classmethod
     def create(cls) -> Instruments:
@@ -235,6 +189,13 @@ class Instruments:
                 registry=registry,
                 buckets=(1, 2, 4, 8, 16, 32),
             ),
+            Gauge(
+                "bookrec_serving_version",
+                "The registry version serving requests",
+                ["version"],
+                registry=registry,
+            ),
+            Gauge("bookrec_model_degraded", "1 when production could not be loaded", registry=registry),
         )
 
 
@@ -276,15 +237,23 @@ def _ops_routes(holder: ModelHolder, instruments: Instruments) -> APIRouter:
 
     @router.get("/health", response_model=Health)
     def health(response: Response) -> Health:
-        current = holder.current
-        if current is None:
+        state = holder.status()
+        if state.serving_version is None:
             response.status_code = 503
         return Health(
-            status="ok" if current else "no model", model_version=current.version if current else None
+            status=state.status,
+            model_version=state.serving_version,
+            production_version=state.production_version,
+            error=state.error,
         )
 
     @router.get("/metrics", response_class=Response)
     def prometheus_metrics() -> Response:
+        state = holder.status()
+        instruments.serving.clear()
+        if state.serving_version is not None:
+            instruments.serving.labels(state.serving_version).set(1)
+        instruments.degraded.set(0 if state.status == "ok" else 1)
         return Response(generate_latest(instruments.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router

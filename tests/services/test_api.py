@@ -72,7 +72,12 @@ def service(project):
 
 
 def test_health_docs_and_metrics(service):
-    assert httpx.get(f"{service.url}/health").json() == {"status": "ok", "model_version": "1"}
+    assert httpx.get(f"{service.url}/health").json() == {
+        "status": "ok",
+        "model_version": "1",
+        "production_version": "1",
+        "error": None,
+    }
     schema = httpx.get(f"{service.url}/openapi.json").json()
     assert {
         "/recommendations/{user_id}",
@@ -325,6 +330,44 @@ def test_alias_swap_without_failed_requests(project, service):
         for worker in workers:
             worker.join()
     assert not failures and len(answers) > 20
+
+
+def wait_for_health(service, condition, seconds: float = 60) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        health = httpx.get(f"{service.url}/health").json()
+        if condition(health):
+            return health
+        time.sleep(0.5)
+    raise AssertionError(f"health never met the condition; last: {health}")
+
+
+def test_health_tells_the_truth_when_production_cannot_be_loaded(project, service, tmp_path):
+    """The alias moved (as by hand in the MLflow UI) to a version whose weights are corrupt: the old
+    version keeps serving, and /health and /metrics say degraded, naming both versions."""
+    import mlflow
+
+    from pipeline.ops import registry, tracking
+
+    client = tracking.client(project)
+    serving = httpx.get(f"{service.url}/health").json()["model_version"]
+    good = client.get_model_version(registry.MODEL_NAME, serving)
+    broken = Path(mlflow.artifacts.download_artifacts(good.source, dst_path=str(tmp_path)))
+    (broken / "artifacts" / "weights.safetensors").write_bytes(b"not safetensors")
+    bad = client.create_model_version(registry.MODEL_NAME, source=broken.as_uri()).version
+    client.set_registered_model_alias(registry.MODEL_NAME, "production", bad)
+    try:
+        health = wait_for_health(service, lambda h: h["status"] != "ok")
+        assert health["status"] == "degraded" and health["model_version"] == serving
+        assert health["production_version"] == str(bad) and "weights" in health["error"]
+        assert httpx.get(f"{service.url}/recommendations/1000").status_code == 200  # still serving
+        metrics = httpx.get(f"{service.url}/metrics").text
+        assert "bookrec_model_degraded 1.0" in metrics
+        assert f'bookrec_serving_version{{version="{serving}"}} 1.0' in metrics
+    finally:
+        client.set_registered_model_alias(registry.MODEL_NAME, "production", serving)
+    assert wait_for_health(service, lambda h: h["status"] == "ok")["model_version"] == serving
+    assert "bookrec_model_degraded 0.0" in httpx.get(f"{service.url}/metrics").text
 
 
 def test_schemathesis_finds_no_server_errors(service, tmp_path):

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -135,6 +136,46 @@ def test_models_page_lists_versions(app):
     assert "production" in " ".join(table["aliases"]) and {"ndcg@10", "coverage@10", "gate"} <= set(
         table.columns
     )
+    history = app.dataframe[1].value
+    assert {"version", "at", "by", "reason"} <= set(history.columns)
+    assert history.iloc[-1]["by"] == "the promotion gate" and history.iloc[-1]["version"] == "1"
+
+
+def test_sidebar_says_degraded_when_production_cannot_be_loaded(app, trained_project, tmp_path):
+    """Production moved (as by hand in the MLflow UI) to a version with corrupt weights: the sidebar
+    says degraded, gives the load error and the version still serving; restored afterwards."""
+    import mlflow
+    from streamlit.testing.v1 import AppTest
+
+    from pipeline.ops import registry, tracking
+
+    client = tracking.client(trained_project)
+    serving = str(registry.production_version(client).version)
+    good = client.get_model_version(registry.MODEL_NAME, serving)
+    broken = Path(mlflow.artifacts.download_artifacts(good.source, dst_path=str(tmp_path)))
+    (broken / "artifacts" / "weights.safetensors").write_bytes(b"not safetensors")
+    bad = client.create_model_version(registry.MODEL_NAME, source=broken.as_uri()).version
+
+    def sidebar_after_refresh(expect: str) -> str:
+        deadline = time.monotonic() + 60  # the holder polls the alias every 15 s
+        while time.monotonic() < deadline:
+            fresh = AppTest.from_file(str(APP), default_timeout=90)  # a new session, as a reload would be
+            fresh.run()
+            assert not fresh.exception, fresh.exception
+            text = " ".join(m.value for m in [*fresh.sidebar.markdown, *fresh.sidebar.error])
+            if expect in text:
+                return text
+            time.sleep(2)
+        raise AssertionError(f"the sidebar never said {expect!r}: {text}")
+
+    client.set_registered_model_alias(registry.MODEL_NAME, "production", bad)
+    try:
+        text = sidebar_after_refresh("degraded")
+        assert f"v{serving} (serving; **degraded**)" in text
+        assert f"version {bad} could not be loaded" in text and f"Still serving v{serving}" in text
+    finally:
+        client.set_registered_model_alias(registry.MODEL_NAME, "production", serving)
+    assert f"v{serving} (production)" in sidebar_after_refresh("(production)")
 
 
 def test_no_production_model_and_unreachable_registry(tmp_path, monkeypatch):

@@ -160,6 +160,26 @@ def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client)
     assert str(registry.production_version(client).version) == outcome["version"]
 
 
+def test_rollback_after_a_hand_move_of_the_alias_returns_to_what_served_before(project, client):
+    """Production moved by hand (as in the MLflow UI: straight through the client, bypassing bookrec):
+    the move is recorded, and rollback returns to the version that served before it."""
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{registry.MODEL_NAME}'"))
+    assert len(versions) >= 2
+    serving = str(registry.production_version(client).version)
+    other = str(next(v for v in versions if str(v) != serving))
+    client.set_registered_model_alias(registry.MODEL_NAME, "production", other)  # by hand
+    listed = run(["bookrec", "registry", "history"], project).stdout
+    assert "outside bookrec" in listed.splitlines()[-1] and other in listed.splitlines()[-1]
+    done = json.loads(
+        run(["bookrec", "registry", "rollback", "--reason", "hand move was wrong"], project).stdout
+    )
+    assert done["production"] == serving == str(registry.production_version(client).version)
+    moves = registry.serving_history(client)
+    assert [m["version"] for m in moves[-2:]] == [other, serving]
+    assert moves[-1]["by"] == "bookrec registry rollback" and moves[-1]["reason"] == "hand move was wrong"
+    assert any(m["by"] == "the promotion gate" for m in moves)
+
+
 def test_faults_leave_production_where_it_was(project, client, tmp_path):
     production = str(registry.production_version(client).version)
     # an unreachable registry

@@ -1,0 +1,141 @@
+"""The model being served, shared by the API and the dashboard: which registry version serves, and
+the truth about it.
+
+`ModelHolder` loads the version the `production` alias points at and polls the alias; a new version
+is loaded beside the old one and swapped in with one reference assignment, so requests never wait
+and never fail during a swap. A version that cannot be loaded is recorded as the failure, the
+version already loaded keeps serving, and `status()` says `degraded` until the alias points at a
+version that loads.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.serving.service import BookRecommender
+
+log = logging.getLogger("bookrec.serving")
+
+
+@dataclass(frozen=True)
+class Served:
+    version: str
+    recommender: BookRecommender
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    version: str
+    error: str
+    at: str
+
+
+@dataclass(frozen=True)
+class ServingStatus:
+    status: str  # "ok", "degraded" (serving, but not what the alias names) or "no model"
+    serving_version: str | None
+    production_version: str | None  # what the alias pointed at when last read
+    error: str | None = None
+
+
+class ModelHolder:
+    """The model being served; `refresh` swaps in the alias's version atomically when it loads."""
+
+    def __init__(
+        self,
+        loader: Callable[[str], BookRecommender],
+        version_lookup: Callable[[], str | None],
+        poll_seconds: float,
+    ):
+        self._load = loader
+        self._lookup = version_lookup
+        self.poll_seconds = poll_seconds
+        self.current: Served | None = None
+        self.failure: LoadFailure | None = None
+        self.production_version: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one refresh at a time (the poller and a first request)
+
+    def refresh(self) -> bool:
+        """Load the production version if it differs from the one served; True if it swapped."""
+        with self._lock:
+            version = self._lookup()
+            self.production_version = version
+            if version is None or (self.current is not None and self.current.version == version):
+                self.failure = None
+                return False
+            try:
+                loaded = Served(version, self._load(version))
+            except Exception as err:
+                if self.failure is None or self.failure.version != version:
+                    log.exception(
+                        "could not load bookrec-ncf version %s; still serving %s", version, self.serving
+                    )
+                stamp = datetime.now(UTC).isoformat(timespec="seconds")
+                self.failure = LoadFailure(version, f"{type(err).__name__}: {err}"[:1000], stamp)
+                return False
+            # The model's tables are long-lived: keep them out of the garbage collector's scans, whose
+            # pauses would otherwise show up in the latency tail.
+            gc.collect()
+            gc.freeze()
+            self.current = loaded  # one reference assignment: requests see the old or the new model, whole
+            self.failure = None
+            log.info("serving bookrec-ncf version %s", version)
+            return True
+
+    @property
+    def serving(self) -> str | None:
+        return None if self.current is None else self.current.version
+
+    def status(self) -> ServingStatus:
+        if self.current is None:
+            return ServingStatus(
+                "no model", None, self.production_version, self.failure and self.failure.error
+            )
+        if self.failure is not None:
+            return ServingStatus(
+                "degraded",
+                self.current.version,
+                self.failure.version,
+                f"version {self.failure.version} could not be loaded: {self.failure.error}",
+            )
+        return ServingStatus("ok", self.current.version, self.production_version)
+
+    def start(self) -> None:
+        def poll():
+            while not self._stop.wait(self.poll_seconds):
+                try:
+                    self.refresh()
+                except Exception:  # the registry is down: keep serving the current model
+                    log.exception("could not read the production alias")
+
+        self._thread = threading.Thread(target=poll, name="model-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def registry_holder(root: Path, poll_seconds: float) -> ModelHolder:
+    """A holder of the registry's `production` model (the one way the API and the dashboard load it)."""
+    from pipeline.ops import history, registry, tracking
+
+    seen: list[str | None] = [None]
+
+    def lookup() -> str | None:
+        client = tracking.client(root)
+        found = registry.production_version(client)
+        version = None if found is None else str(found.version)
+        if version != seen[0]:  # the alias moved: make sure the serving history knows, whoever moved it
+            history.reconcile(client, registry.MODEL_NAME, version)
+            seen[0] = version
+        return version
+
+    return ModelHolder(lambda version: registry.load_recommender(root, version), lookup, poll_seconds)
