@@ -7,7 +7,9 @@ The tracking URI defaults to `sqlite:///<repo>/mlruns/mlflow.db` with artifacts 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +112,14 @@ def flat_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _code_copy(target: Path) -> Path:
+    """The `pipeline` package as it is now, without bytecode caches: what a version carries."""
+    package = MODEL_FILE.parents[1]
+    destination = target / package.name
+    shutil.copytree(package, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return destination
+
+
 def log_training_run(
     root: Path,
     run_name: str,
@@ -149,12 +159,14 @@ def log_training_run(
             elif path.is_file():
                 mlflow.log_artifact(str(path))
         signature, example = model_signature()
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(MODEL_FILE),
-            artifacts=bundle_artifacts(bundle_dir),
-            pip_requirements=pip_requirements,
-            signature=signature,
-            input_example=example,
-        )
+        with tempfile.TemporaryDirectory(prefix="bookrec-code-") as scratch:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODEL_FILE),
+                code_paths=[str(_code_copy(Path(scratch)))],  # the version carries its own code
+                artifacts=bundle_artifacts(bundle_dir),
+                pip_requirements=pip_requirements,
+                signature=signature,
+                input_example=example,
+            )
     return LoggedRun(run_id=run.info.run_id, model_uri=info.model_uri, run_name=run_name)

@@ -8,32 +8,70 @@ Params: `exclude` = "all" (every book the reader is known to have read; default)
 validation only, which reproduces the test metrics); `mode` = "recommend" (default) or "similar"
 (an `isbn` column in; out `isbn`, `rank`, `similar_isbn`, `score`); `max_per_author` = "default"
 (the model's cap) or a number (0: no cap).
+
+A version carries the code it was trained with: the `pipeline` package is logged with it (MLflow
+`code_paths`, under `code/`), and `load_context` builds the recommender from that copy even in a
+process that has already imported another `pipeline` (the API serving a newer version, a newer
+checkout), so a rollback serves exactly what was registered. This file imports no `pipeline` module
+at import time for the same reason.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from pipeline.serving.contract import DEFAULT_PARAMS
+PACKAGE = "pipeline"
+
+
+def _package_modules() -> dict:
+    return {name: module for name, module in sys.modules.items() if name.split(".")[0] == PACKAGE}
+
+
+@contextmanager
+def own_code(code_dir: Path) -> Iterator[None]:
+    """Imports of `pipeline` inside this block come from `code_dir` (this version's copy); every
+    `pipeline` module imported before is put back afterwards, untouched. Without a logged copy (a
+    version registered before versions carried their code), the installed package is used."""
+    if not (code_dir / PACKAGE / "__init__.py").is_file():
+        yield
+        return
+    saved = _package_modules()
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(code_dir))
+    try:
+        yield
+    finally:
+        # MLflow prepends the same folder when it loads a version with code: take that out too, so
+        # that nothing imported later in this process comes from a version's copy by accident.
+        sys.path[:] = [entry for entry in sys.path if entry != str(code_dir)]
+        for name in _package_modules():
+            del sys.modules[name]
+        sys.modules.update(saved)
 
 
 class BookRecModel(PythonModel):
     """Loads the model folder once; every predict call is a batch of requests."""
 
     def load_context(self, context) -> None:
-        from pipeline.serving.service import BookRecommender
+        folder = Path(context.artifacts["weights"]).parent  # <model>/artifacts
+        with own_code(folder.parent / "code"):
+            from pipeline.serving.contract import DEFAULT_PARAMS
+            from pipeline.serving.service import BookRecommender, Reader
 
-        folder = Path(context.artifacts["weights"]).parent
-        self.recommender = BookRecommender.from_folder(folder)
+            self.recommender = BookRecommender.from_folder(folder)
+        self.defaults, self.reader = dict(DEFAULT_PARAMS), Reader
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from pipeline.serving.service import Reader
-
-        params = {**DEFAULT_PARAMS, **(params or {})}
+        Reader = self.reader
+        params = {**self.defaults, **(params or {})}
         cap = params["max_per_author"]
         rules = self.recommender.rules_for(cap if cap == "default" else int(cap))
         frame = pd.DataFrame(model_input)

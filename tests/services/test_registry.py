@@ -254,3 +254,49 @@ def test_mlflow_models_serve_answers_invocations(project):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_version_carries_its_code_changed_code_elsewhere_does_not_change_it(project, tmp_path):
+    """Register a version, change the scoring formula in a copy of the code, load the old version from
+    there: its predictions are exactly what they were (it runs the code it was registered with)."""
+    import shutil
+    import sys
+    import textwrap
+
+    from tests.conftest import REPO_ROOT
+
+    copy = tmp_path / "changed"
+    shutil.copytree(REPO_ROOT / "pipeline", copy / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    ncf = copy / "pipeline" / "model" / "ncf.py"
+    source = ncf.read_text()
+    assert "        return scores\n" in source
+    ncf.write_text(
+        source.replace("        return scores\n", "        return -scores  # a changed formula\n", 1)
+    )
+    probe = textwrap.dedent(
+        f"""
+        import json, sys
+        from pathlib import Path
+        import pandas as pd
+        import pipeline
+        assert pipeline.__file__.startswith({str(copy)!r}), pipeline.__file__
+        from pipeline.ops import registry, tracking
+        from pipeline.serving.service import BookRecommender
+        import mlflow
+        tracking.client(Path({str(project)!r}))
+        model = mlflow.pyfunc.load_model(f"models:/{{registry.MODEL_NAME}}/1")
+        users = pd.DataFrame({{"user_id": ["1000", "1001", "1002", "stranger"], "k": 10}})
+        fresh = BookRecommender.from_folder({str(project / "models" / "ncf")!r}).recommend(["1000"], 10)
+        print(json.dumps({{"registered": model.predict(users)["isbn"].tolist(), "fresh": fresh["isbn"].tolist()}}))
+        """
+    )
+    env = {"PYTHONPATH": str(copy)}
+    changed = json.loads(run([sys.executable, "-c", probe], copy, env=env).stdout.strip().splitlines()[-1])
+    import mlflow
+
+    tracking.client(project)
+    before = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/1")
+    users = pd.DataFrame({"user_id": ["1000", "1001", "1002", "stranger"], "k": 10})
+    assert changed["registered"] == before.predict(users)["isbn"].tolist()
+    # and the change is real: the changed code, given the same model folder, ranks otherwise
+    assert changed["fresh"] != changed["registered"][:10]
