@@ -93,6 +93,7 @@ def _stage(name: str, overrides: dict | None = None) -> dict:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=False,  # the schedule and the new-data asset must start runs by themselves
     default_args={
         "retries": 2,
         "retry_delay": timedelta(seconds=30),

@@ -239,7 +239,23 @@ def up(root: Path, echo=print) -> int:
 RAW_ASSET = "bookrec_raw_data"
 
 
-def notify_new_raw_data(root: Path, extra: dict | None = None) -> str:
+def _run_ids(api: httpx.Client) -> set[str]:
+    runs = api.get(f"/dags/{DAG_ID}/dagRuns", params={"limit": 100})
+    return {r["dag_run_id"] for r in runs.raise_for_status().json()["dag_runs"]}
+
+
+def _new_run(api: httpx.Client, before: set[str], wait_seconds: float) -> str | None:
+    """The id of a run that was not there `before`, once the scheduler has created one."""
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        created = _run_ids(api) - before
+        if created:
+            return sorted(created)[0]
+        time.sleep(1)
+    return None
+
+
+def notify_new_raw_data(root: Path, extra: dict | None = None, wait_seconds: float = 60) -> str:
     """Register an event on the raw-data Asset with the running Airflow, so that the training DAG runs.
 
     Returns what happened, for the CLI to print; an Airflow that is not running is not an error (the
@@ -263,9 +279,16 @@ def notify_new_raw_data(root: Path, extra: dict | None = None) -> str:
         assets = api.get("/assets", params={"name_pattern": RAW_ASSET}).raise_for_status().json()["assets"]
         if not assets:
             return f"Airflow at {base} does not know the asset {RAW_ASSET} yet (DAG not parsed?)"
+        before = _run_ids(api)
         api.post(
             "/assets/events", json={"asset_id": assets[0]["id"], "extra": extra or {}}
         ).raise_for_status()
-        return f"Airflow at {base} notified: the training DAG will run on the new data"
+        started = _new_run(api, before, wait_seconds)
+        if started is None:
+            return (
+                f"Airflow at {base} notified, but no run of {DAG_ID} appeared within {wait_seconds:g} s "
+                "(is the DAG paused? see the Airflow UI)"
+            )
+        return f"Airflow at {base} notified: run {started} of {DAG_ID} started on the new data"
     except httpx.HTTPError as err:
         return f"Airflow at {base} not reachable ({type(err).__name__}); the next scheduled run will use the new data"
