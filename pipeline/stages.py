@@ -332,7 +332,7 @@ def register_model(ws: Workspace, params: Params) -> dict:
             f"{ws.reports / 'metrics.json'} has no NCF metrics; run `bookrec evaluate` first"
         )
     model_fingerprint = fingerprint(ws.model)
-    client = tracking.client(ws.root)
+    client = tracking.use_store(ws.root)  # the fluent API logs and registers below
     version = registry.find_version(client, model_fingerprint)
     if version is not None:
         return {"version": str(version.version), "created": False, "run_id": version.run_id}

@@ -48,8 +48,11 @@ def load_recommender(root: Path, version: str) -> BookRecommender:
 
     from pipeline.ops import tracking
 
-    tracking.client(root)
-    return mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}").unwrap_python_model().recommender
+    # No process-wide MLflow state: the alias pollers load versions from their own threads.
+    client = tracking.client(root)
+    source = client.get_model_version_download_uri(MODEL_NAME, str(version))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=client.tracking_uri)
+    return mlflow.pyfunc.load_model(local).unwrap_python_model().recommender
 
 
 def find_version(client, fingerprint: str) -> Any | None:

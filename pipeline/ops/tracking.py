@@ -37,27 +37,35 @@ def artifact_root(root: Path) -> str | None:
 
 
 def client(root: Path) -> MlflowClient:
-    """An MlflowClient bound to this repository's store (no global state is changed)."""
-    import mlflow
+    """An MlflowClient bound to this repository's store. Changes no global state, so any thread may
+    call it (the API's and the dashboard's alias pollers do)."""
     from mlflow import MlflowClient
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
-    # mlflow.set_*_uri also export MLFLOW_*_URI to the environment; keep the user's environment as it
-    # was, so that `tracking_uri` keeps meaning "what the user asked for" in this process.
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def use_store(root: Path) -> MlflowClient:
+    """`client`, and MLflow's process-wide store set to it for the fluent API (`start_run`,
+    `log_model`, `register_model`). For a command's main thread only: MLflow exports the URI to the
+    environment, which this puts back as the user had it."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    found = client(root)
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(found.tracking_uri)
+    mlflow.set_registry_uri(found.tracking_uri)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return found
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
@@ -138,7 +146,7 @@ def log_training_run(
 
     from pipeline.serving.contract import bundle_artifacts, model_signature
 
-    mlflow_client = client(root)
+    mlflow_client = use_store(root)
     try:
         experiment = experiment_id(mlflow_client, root)
     except Exception as err:

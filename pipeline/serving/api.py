@@ -34,6 +34,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from pipeline.serving.batching import RankBatcher
 from pipeline.serving.holder import ModelHolder, Served, registry_holder
@@ -268,7 +269,8 @@ def _read_routes(holder: ModelHolder, feedback: FeedbackStore, batcher: RankBatc
     ) -> dict:
         """Top-k books for a reader; a reader the model has never seen gets the cold-start answer."""
         model = _serving(holder)
-        read, liked = model.recommender.live_history(feedback, user_id)
+        # The feedback store is a synchronous database: query it on a worker thread, never on the loop.
+        read, liked = await run_in_threadpool(model.recommender.live_history, feedback, user_id)
         rules = model.recommender.rules_for("default" if max_per_author is None else max_per_author)
         ids, scores = await batcher.rank(
             model.recommender, user_id, k, extra_reads=liked, extra_excluded=read, rules=rules

@@ -129,7 +129,7 @@ def test_real_end_to_end_through_the_registry(real_trained, real_metrics):
         ),
     )
     assert outcome["created"] and outcome["gate"] == "passed", outcome
-    tracking.client(ws.root)
+    tracking.use_store(ws.root)
     served = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@production")
     answer = served.predict(pd.DataFrame({"user_id": ["11676", "no-such-reader"], "k": [10, 10]}))
     local = BookRecommender.from_folder(ws.model)

@@ -203,9 +203,10 @@ def test_api_pyfunc_and_evaluator_give_the_same_lists(project, service):
     from pipeline import stages
     from pipeline.config import Workspace
     from pipeline.model.recommender import NCFRecommender
-    from pipeline.ops import registry
+    from pipeline.ops import registry, tracking
 
-    pyfunc = registry.load_recommender(project, "1")  # binds MLflow to the project's store
+    pyfunc = registry.load_recommender(project, "1")
+    tracking.use_store(project)
     model = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/1")
     users = pyfunc.users["user_id"].astype(str).tolist()[::8]
     for cap in ("default", "1", "0"):
@@ -352,7 +353,10 @@ def test_health_tells_the_truth_when_production_cannot_be_loaded(project, servic
     client = tracking.client(project)
     serving = httpx.get(f"{service.url}/health").json()["model_version"]
     good = client.get_model_version(registry.MODEL_NAME, serving)
-    broken = Path(mlflow.artifacts.download_artifacts(good.source, dst_path=str(tmp_path)))
+    source = client.get_model_version_download_uri(registry.MODEL_NAME, good.version)
+    broken = Path(
+        mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path), tracking_uri=client.tracking_uri)
+    )
     (broken / "artifacts" / "weights.safetensors").write_bytes(b"not safetensors")
     bad = client.create_model_version(registry.MODEL_NAME, source=broken.as_uri()).version
     client.set_registered_model_alias(registry.MODEL_NAME, "production", bad)

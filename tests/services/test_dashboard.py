@@ -152,7 +152,10 @@ def test_sidebar_says_degraded_when_production_cannot_be_loaded(app, trained_pro
     client = tracking.client(trained_project)
     serving = str(registry.production_version(client).version)
     good = client.get_model_version(registry.MODEL_NAME, serving)
-    broken = Path(mlflow.artifacts.download_artifacts(good.source, dst_path=str(tmp_path)))
+    source = client.get_model_version_download_uri(registry.MODEL_NAME, good.version)
+    broken = Path(
+        mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path), tracking_uri=client.tracking_uri)
+    )
     (broken / "artifacts" / "weights.safetensors").write_bytes(b"not safetensors")
     bad = client.create_model_version(registry.MODEL_NAME, source=broken.as_uri()).version
 

@@ -36,7 +36,7 @@ def client(project):
 def load_production(project):
     import mlflow
 
-    tracking.client(project)
+    tracking.use_store(project)
     return mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@production")
 
 
@@ -283,7 +283,7 @@ def test_a_version_carries_its_code_changed_code_elsewhere_does_not_change_it(pr
         from pipeline.ops import registry, tracking
         from pipeline.serving.service import BookRecommender
         import mlflow
-        tracking.client(Path({str(project)!r}))
+        tracking.use_store(Path({str(project)!r}))
         model = mlflow.pyfunc.load_model(f"models:/{{registry.MODEL_NAME}}/1")
         users = pd.DataFrame({{"user_id": ["1000", "1001", "1002", "stranger"], "k": 10}})
         fresh = BookRecommender.from_folder({str(project / "models" / "ncf")!r}).recommend(["1000"], 10)
@@ -294,9 +294,55 @@ def test_a_version_carries_its_code_changed_code_elsewhere_does_not_change_it(pr
     changed = json.loads(run([sys.executable, "-c", probe], copy, env=env).stdout.strip().splitlines()[-1])
     import mlflow
 
-    tracking.client(project)
+    tracking.use_store(project)
     before = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/1")
     users = pd.DataFrame({"user_id": ["1000", "1001", "1002", "stranger"], "k": 10})
     assert changed["registered"] == before.predict(users)["isbn"].tolist()
     # and the change is real: the changed code, given the same model folder, ranks otherwise
     assert changed["fresh"] != changed["registered"][:10]
+
+
+def test_loading_versions_from_a_thread_changes_no_process_wide_state(project, monkeypatch):
+    """The API's and the dashboard's pollers load versions on their own threads: that must not write
+    the environment (nor MLflow's process-wide store) that other threads read."""
+    import os
+    import threading
+
+    import mlflow
+
+    from pipeline.serving.holder import registry_holder
+
+    class RecordingEnviron(dict):
+        writes: list[str] = []
+
+        def __setitem__(self, key, value):
+            self.writes.append(key)
+            super().__setitem__(key, value)
+
+        def __delitem__(self, key):
+            self.writes.append(key)
+            super().__delitem__(key)
+
+        def pop(self, key, *default):
+            self.writes.append(key)
+            return super().pop(key, *default)
+
+    environ = RecordingEnviron(os.environ)
+    monkeypatch.setattr(os, "environ", environ)
+    uri_before = mlflow.get_tracking_uri()
+    holder = registry_holder(project, poll_seconds=60)
+    errors = []
+
+    def load():
+        try:
+            holder.refresh()
+            registry.load_recommender(project, "1")
+        except Exception as err:  # surfaced below
+            errors.append(err)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    worker.join(timeout=120)
+    assert not errors and holder.current is not None
+    assert [key for key in environ.writes if key.startswith("MLFLOW")] == []
+    assert mlflow.get_tracking_uri() == uri_before
