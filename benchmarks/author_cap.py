@@ -1,5 +1,5 @@
 """The author cap's trade-off on the validation split, for the trained model: NDCG@10, intra-list
-diversity and mean books per author in a list, for caps off, 3, 2 and 1. The default of
+diversity and mean books per author in a list, for caps off, 6, 5, 4, 3, 2 and 1. The default of
 `serve.max_per_author` is the tightest cap whose NDCG@10 is within 2% (relative) of no cap.
 
     python benchmarks/author_cap.py [--root PATH] [--users N]     (needs `dvc repro` done there)

@@ -48,7 +48,7 @@ def author_cap_tradeoff(
     recommender: Recommender,
     data: EvaluationData,
     users: np.ndarray,
-    caps: tuple[int | None, ...] = (None, 3, 2, 1),
+    caps: tuple[int | None, ...] = (None, 6, 5, 4, 3, 2, 1),
     k: int = 10,
 ) -> list[dict[str, float | None]]:
     """For each cap (None = off): NDCG@k, intra-list diversity and mean books per author in a list,
