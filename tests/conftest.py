@@ -200,3 +200,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def register_broken_copy(client, version: str, folder: Path) -> str:
+    """A new registry version that is `version` with corrupt weights (as a damaged upload would be):
+    its number, for tests that move `production` to it."""
+    import mlflow
+
+    from pipeline.ops import registry
+
+    source = client.get_model_version_download_uri(registry.MODEL_NAME, version)
+    copy = Path(
+        mlflow.artifacts.download_artifacts(source, dst_path=str(folder), tracking_uri=client.tracking_uri)
+    )
+    (copy / "artifacts" / "weights.safetensors").write_bytes(b"not safetensors")
+    return str(client.create_model_version(registry.MODEL_NAME, source=copy.as_uri()).version)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BIN, build_synthetic_project, free_port, run
+from tests.conftest import BIN, build_synthetic_project, free_port, register_broken_copy, run
 
 pytestmark = pytest.mark.slow
 
@@ -346,19 +346,12 @@ def wait_for_health(service, condition, seconds: float = 60) -> dict:
 def test_health_tells_the_truth_when_production_cannot_be_loaded(project, service, tmp_path):
     """The alias moved (as by hand in the MLflow UI) to a version whose weights are corrupt: the old
     version keeps serving, and /health and /metrics say degraded, naming both versions."""
-    import mlflow
 
     from pipeline.ops import registry, tracking
 
     client = tracking.client(project)
     serving = httpx.get(f"{service.url}/health").json()["model_version"]
-    good = client.get_model_version(registry.MODEL_NAME, serving)
-    source = client.get_model_version_download_uri(registry.MODEL_NAME, good.version)
-    broken = Path(
-        mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path), tracking_uri=client.tracking_uri)
-    )
-    (broken / "artifacts" / "weights.safetensors").write_bytes(b"not safetensors")
-    bad = client.create_model_version(registry.MODEL_NAME, source=broken.as_uri()).version
+    bad = register_broken_copy(client, serving, tmp_path)
     client.set_registered_model_alias(registry.MODEL_NAME, "production", bad)
     try:
         health = wait_for_health(service, lambda h: h["status"] != "ok")

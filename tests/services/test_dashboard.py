@@ -7,12 +7,11 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import BIN, REPO_ROOT, free_port
+from tests.conftest import BIN, REPO_ROOT, free_port, register_broken_copy
 
 pytestmark = pytest.mark.slow
 APP = REPO_ROOT / "dashboard" / "app.py"
@@ -144,20 +143,13 @@ def test_models_page_lists_versions(app):
 def test_sidebar_says_degraded_when_production_cannot_be_loaded(app, trained_project, tmp_path):
     """Production moved (as by hand in the MLflow UI) to a version with corrupt weights: the sidebar
     says degraded, gives the load error and the version still serving; restored afterwards."""
-    import mlflow
     from streamlit.testing.v1 import AppTest
 
     from pipeline.ops import registry, tracking
 
     client = tracking.client(trained_project)
     serving = str(registry.production_version(client).version)
-    good = client.get_model_version(registry.MODEL_NAME, serving)
-    source = client.get_model_version_download_uri(registry.MODEL_NAME, good.version)
-    broken = Path(
-        mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path), tracking_uri=client.tracking_uri)
-    )
-    (broken / "artifacts" / "weights.safetensors").write_bytes(b"not safetensors")
-    bad = client.create_model_version(registry.MODEL_NAME, source=broken.as_uri()).version
+    bad = register_broken_copy(client, serving, tmp_path)
 
     def sidebar_after_refresh(expect: str) -> str:
         deadline = time.monotonic() + 60  # the holder polls the alias every 15 s
