@@ -140,3 +140,24 @@ def test_rules_equal_a_greedy_walk_on_random_catalogs():
                 expected.append(int(item))
             expected = (expected + [-1] * 10)[:10]
             assert ids[row].tolist() == expected
+
+
+def test_the_author_cap_tradeoff_reports_each_cap_on_the_same_lists():
+    from pipeline.evaluation.evaluate import EvaluationData
+    from pipeline.evaluation.selection import author_cap_tradeoff, books_per_author
+    from tests.code.test_recommenders import Fixed
+
+    scores = np.tile(np.arange(10, 0, -1, dtype=np.float32), (3, 1))
+    truth = sp.csr_matrix(
+        np.eye(3, 10, k=5, dtype=np.float32)
+    )  # each reader's relevant book is by another author
+    empty = sp.csr_matrix((3, 10), dtype=np.float32)
+    content = sp.identity(10, format="csr", dtype=np.float32)
+    data = EvaluationData(empty, empty, truth, content, Ranker(hand_catalog(), ListRules(one_per_work=False)))
+    rows = author_cap_tradeoff(Fixed(scores), data, np.arange(3), caps=(None, 2, 1), k=5)
+    assert [r["max_per_author"] for r in rows] == [None, 2, 1]
+    assert [r["books_per_author"] for r in rows] == [5.0, pytest.approx(5 / 4), 1.0]
+    assert rows[0]["ndcg@10"] < rows[2]["ndcg@10"]  # capping lets the other authors' books in
+    assert (
+        books_per_author(np.array([[0, 2, 9, -1]]), hand_catalog().author) == 2.0
+    )  # unknown authors left out
