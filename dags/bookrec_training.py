@@ -162,19 +162,19 @@ def bookrec_training():
 
     @task(doc_md="Log the run and the model to MLflow; register it as `challenger` (idempotent per model).")
     def register(_: dict) -> dict:
-        from pipeline import stages
+        from pipeline import release
         from pipeline.config import Workspace
 
         ws, params = Workspace.load(ROOT)
-        return stages.register_model(ws, params)
+        return release.register_model(ws, params)
 
     @task(doc_md="The promotion gate; `production` moves only if every check passed.")
     def gate_and_promote(registered: dict) -> dict:
-        from pipeline import stages
+        from pipeline import release
         from pipeline.config import Workspace
 
         ws, params = Workspace.load(ROOT, _overrides("gate"))
-        return stages.gate_and_promote(ws, params, registered["version"])
+        return release.gate_and_promote(ws, params, registered["version"])
 
     gate_and_promote(register(evaluate(train(features(preprocess(ingest(fetch_and_validate())))))))
 

@@ -179,10 +179,10 @@ def register(
     promote: Annotated[bool, typer.Option(help="Move `production` when the gate passes.")] = True,
 ) -> None:
     """Track the trained model in MLflow, register it as bookrec-ncf, run the gate, promote if it passes."""
-    from pipeline import stages
+    from pipeline import release
 
     ws, params = _workspace()
-    outcome = stages.register(ws, params, promote=promote)
+    outcome = release.register(ws, params, promote=promote)
     typer.echo(json.dumps(outcome, indent=2))
     if outcome["gate"] != "passed":
         typer.secho(

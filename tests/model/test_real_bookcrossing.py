@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import io, stages
+from pipeline import io, release, stages
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
@@ -147,7 +147,7 @@ def test_real_end_to_end_through_the_registry(real_trained, real_metrics):
 
     ws, _ = real_trained
     params = load_params(ws.root)
-    outcome = stages.register(
+    outcome = release.register(
         ws,
         params.model_copy(
             update={

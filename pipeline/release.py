@@ -1,0 +1,142 @@
+"""Registration and promotion, after the DVC stages: log the trained model to MLflow, register it as
+the `challenger`, run the gate and move `production` only if every rule passed. Each function is one
+step of the training DAG (`register_model`, `gate_and_promote`) or the `bookrec register` command."""
+
+from __future__ import annotations
+
+from pipeline import io
+from pipeline.config import Params, Workspace
+from pipeline.stages import evaluation_data
+
+# What the pyfunc imports (tests/code/test_layout.py checks that serving loads no ingestion,
+# training or evaluation code, so ftfy, pandera, scikit-learn and implicit are not needed).
+SERVING_REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "safetensors",
+    "pydantic",
+    "pyyaml",
+    "hnswlib",
+)
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_REQUIREMENTS]
+
+
+def _production_on_split(ws: Workspace, params: Params, version: str) -> float:
+    """NDCG@10 of a registered version measured on the current test split (through the registry),
+    ranked exactly as the evaluator ranks the challenger."""
+    from pipeline.evaluation.evaluate import ndcg_at
+    from pipeline.ops.registry import load_recommender
+    from pipeline.serving.remap import RemappedRecommender
+
+    served = load_recommender(ws.root, version)
+    data = evaluation_data(ws, params, "test")
+    users = io.read_parquet(ws.processed / "users.parquet")
+    items = io.read_parquet(ws.processed / "items.parquet")
+    return ndcg_at(RemappedRecommender(served, users, items, data.train), data, batch_size=256)
+
+
+def register_model(ws: Workspace, params: Params) -> dict:
+    """Log the trained model to MLflow and register it as the `challenger` (once per distinct model)."""
+    from pipeline.data.split import split_fingerprint
+    from pipeline.ops import registry, tracking, versioning
+    from pipeline.storage.bundle import fingerprint
+
+    metadata = io.read_json(ws.model / "metadata.json")
+    history = io.read_json(ws.model / "history.json")
+    metrics = io.read_json(ws.reports / "metrics.json")
+    if "ncf" not in metrics:
+        raise FileNotFoundError(
+            f"{ws.reports / 'metrics.json'} has no NCF metrics; run `bookrec evaluate` first"
+        )
+    model_fingerprint = fingerprint(ws.model)
+    client = tracking.use_store(ws.root)  # the fluent API logs and registers below
+    version = registry.find_version(client, model_fingerprint)
+    if version is not None:
+        return {"version": str(version.version), "created": False, "run_id": version.run_id}
+    data_version = versioning.data_version(ws.root)
+    lineage = {
+        **tracking.git_commit(ws.root),
+        **{f"data:{path}": md5 for path, md5 in data_version.items()},
+        "split_version": data_version.get(params.paths.processed, ""),
+        "split_fingerprint": split_fingerprint(params.preprocess),
+        "feature_hash": metadata["feature_hash"],
+        "protocol": metadata["protocol"],
+        "trained_at": metadata["trained_at"],
+        "run_name": metadata["run_name"],
+    }
+    run = tracking.log_training_run(
+        ws.root,
+        run_name=metadata["run_name"],
+        params=metadata["train_params"],
+        tags=lineage | {"model_fingerprint": model_fingerprint},
+        history=history["epochs"],
+        metrics=metrics,
+        model_name="ncf",
+        bundle_dir=ws.model,
+        artifacts=[
+            ws.reports / "plots",
+            ws.reports / "train_curve.csv",
+            ws.reports / "cohorts.json",
+            ws.reports / "metrics.json",
+            ws.model / "feature_spec.json",
+        ],
+        pip_requirements=pip_requirements(),
+    )
+    version, created = registry.register(
+        client,
+        run.model_uri,
+        model_fingerprint,
+        lineage
+        | registry.metric_tags(metrics["ncf"])
+        | {"popularity_ndcg_at_10": str(metrics["popularity"]["ndcg@10"])},
+    )
+    return {"version": str(version.version), "created": created, "run_id": run.run_id}
+
+
+def gate_and_promote(ws: Workspace, params: Params, version: str, promote: bool = True) -> dict:
+    """Run the promotion gate for `version`; move `production` to it only if every check passed."""
+    from pipeline.ops import registry, tracking
+    from pipeline.ops.gate import GateThresholds, decide
+
+    client = tracking.client(ws.root)
+    candidate = client.get_model_version(registry.MODEL_NAME, str(version))
+    production = registry.production_version(client)
+    production_ndcg = None
+    if (
+        production is not None
+        and str(production.version) != str(candidate.version)
+        and production.tags.get("split_version") != candidate.tags.get("split_version")
+        and production.tags.get("split_fingerprint") == candidate.tags.get("split_fingerprint")
+    ):
+        # Another data version, the same split rule: production is measured on this test split.
+        production_ndcg = _production_on_split(ws, params, str(production.version))
+    inputs = registry.gate_inputs(candidate, production, production_ndcg)
+    decision = decide(inputs, GateThresholds(**params.gate.model_dump()))
+    registry.record_decision(client, decision)
+    aliases = {"production": None if production is None else str(production.version)}
+    if decision.passed and promote:
+        aliases = registry.promote(
+            client, str(candidate.version), decision.summary(), by="the promotion gate"
+        )
+    return {
+        "version": str(candidate.version),
+        "gate": "passed" if decision.passed else "refused",
+        "reasons": decision.reasons,
+        "promoted": bool(decision.passed and promote),
+        **aliases,
+    }
+
+
+def register(ws: Workspace, params: Params, promote: bool = True) -> dict:
+    """`bookrec register`: tracking, registration and the gate for the latest trained model."""
+    registered = register_model(ws, params)
+    return registered | gate_and_promote(ws, params, registered["version"], promote)
