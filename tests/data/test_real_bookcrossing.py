@@ -26,13 +26,14 @@ def test_ingest_reads_every_row_and_loses_none(real_workspace):
     assert report["users"]["values_set_missing"]["age_outside_5_100"] == 1_248
 
 
-def test_protocol_bx_implicit_v1_counts(real_workspace):
+def test_protocol_counts_and_the_stable_split(real_workspace):
     counts = io.read_json(real_workspace.processed / "protocol_report.json")
+    assert counts["protocol"] == "bx-implicit-v2"
     assert counts["interactions_after_k_core"] == 553_847
     assert counts["users"] == 14_868
     assert counts["items"] == 35_469
-    assert counts["test_rows"] == 105_807
-    assert counts["train_rows"] + counts["validation_rows"] + counts["test_rows"] == 553_847
+    # the keyed hash of (User-ID, ISBN) with seed 42: 20% test, 10% of the rest validation, in expectation
+    assert (counts["train_rows"], counts["validation_rows"], counts["test_rows"]) == (399_191, 44_124, 110_532)
 
 
 def test_processed_tables_honour_their_contracts(real_workspace):
@@ -43,7 +44,8 @@ def test_processed_tables_honour_their_contracts(real_workspace):
     items = PROCESSED_ITEMS.validate(io.read_parquet(real_workspace.processed / "items.parquet"))
     assert users["user_idx"].tolist() == list(range(len(users)))
     assert items["item_idx"].tolist() == list(range(len(items)))
-    assert set(splits["test"]["user_idx"]) <= set(splits["train"]["user_idx"])
+    # per-reader fractions hold in expectation: almost every test row's reader has training rows
+    assert (~splits["test"]["user_idx"].isin(splits["train"]["user_idx"])).mean() < 0.001
     USER_FEATURES.validate(io.read_parquet(real_workspace.features / "user_features.parquet"))
     ITEM_FEATURES.validate(io.read_parquet(real_workspace.features / "item_features.parquet"))
     # Titles decoded from latin-1, unescaped, and UTF-8 mojibake repaired: what is left is rare.
