@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.serving.batching import RankBatcher
 from pipeline.serving.holder import ModelHolder, Served, registry_holder
-from pipeline.serving.service import MAX_K, Reader, UnknownBookError
+from pipeline.serving.service import MAX_K, Reader
 from pipeline.storage.feedback import FeedbackStore
 
 log = logging.getLogger("bookrec.api")
@@ -229,7 +229,9 @@ def _serving(holder: ModelHolder) -> Served:
 def _book_index(model: Served, isbn: str):
     try:
         return model.recommender.item_indices([isbn])
-    except UnknownBookError as err:
+    except KeyError as err:
+        # A version runs the code it was registered with (pyfunc.own_code), so its UnknownBookError
+        # is that code's class, not this module's: catch the builtin base it shares with every version.
         raise HTTPException(404, str(err)) from None
 
 
