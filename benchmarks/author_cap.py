@@ -18,7 +18,6 @@ import numpy as np
 from pipeline import stages
 from pipeline.config import Workspace
 from pipeline.evaluation.selection import author_cap_tradeoff
-from pipeline.model.recommender import NCFRecommender
 from pipeline.storage.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,13 +32,7 @@ def main() -> None:
     ws, params = Workspace.load(args.root)
     validation = stages.evaluation_data(ws, params, "validation")
     bundle = load_bundle(ws.model)
-    model = NCFRecommender(
-        bundle.model,
-        bundle.user_feature_tensor(),
-        bundle.item_feature_tensor(),
-        validation.train,
-        neighbourhood=bundle.neighbourhood,
-    )
+    model = bundle.recommender(validation.train)
     users = validation.users_with_truth()
     if args.users and args.users < len(users):
         users = np.sort(np.random.default_rng(0).choice(users, args.users, replace=False))

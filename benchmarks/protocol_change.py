@@ -15,7 +15,6 @@ from pipeline.config import Workspace
 from pipeline.data.protocol import PROTOCOL
 from pipeline.evaluation.baselines import make_baseline
 from pipeline.evaluation.evaluate import V1, evaluate
-from pipeline.model.recommender import NCFRecommender
 from pipeline.storage.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +30,9 @@ def main() -> None:
     figures: dict[str, dict[str, dict[str, float]]] = {}
     for protocol in (V1, PROTOCOL):
         data = stages.evaluation_data(ws, params, "test", protocol=protocol)
-        features = bundle.user_feature_tensor(), bundle.item_feature_tensor()
         models = {
-            "ncf": NCFRecommender(bundle.model, *features, data.train, neighbourhood=bundle.neighbourhood),
-            "ncf_without_neighbourhood": NCFRecommender(bundle.model, *features, data.train),
+            "ncf": bundle.recommender(data.train),
+            "ncf_without_neighbourhood": bundle.recommender(data.train, neighbourhood=False),
         }
         models |= {
             name: make_baseline(name, **options).fit(data.train)

@@ -258,19 +258,17 @@ def evaluate(ws: Workspace, params: Params) -> dict:
     """Stage evaluate: NCF and every baseline, full ranking on the test split under the protocol."""
     from pipeline.evaluation.baselines import make_baseline
     from pipeline.evaluation.evaluate import evaluate as evaluate_model
-    from pipeline.model.recommender import NCFRecommender
     from pipeline.storage.bundle import load_bundle
     from pipeline.storage.reports import write_reports
 
     settings = params.evaluate
     data = evaluation_data(ws, params, "test", user_cohorts(ws, settings.cohort_top_countries))
     bundle = load_bundle(ws.model)
-    features = bundle.user_feature_tensor(), bundle.item_feature_tensor()
-    ncf = NCFRecommender(bundle.model, *features, data.train, neighbourhood=bundle.neighbourhood)
+    ncf = bundle.recommender(data.train)
     reports = {"ncf": evaluate_model(ncf, data, settings.ks, settings.curve_max_k, batch_size=256)}
     if bundle.neighbourhood is not None:
         # The same network without its ItemKNN term: what the neural part alone contributes.
-        alone = NCFRecommender(bundle.model, *features, data.train).share_item_cache(ncf)
+        alone = bundle.recommender(data.train, neighbourhood=False).share_item_cache(ncf)
         reports["ncf_without_neighbourhood"] = evaluate_model(
             alone, data, settings.ks, settings.curve_max_k, batch_size=256
         )

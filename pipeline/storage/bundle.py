@@ -22,6 +22,7 @@ from pipeline.data.catalog import Catalog
 from pipeline.data.features import ITEM_FEATURES, USER_FEATURES, FeatureVocabulary
 from pipeline.model.ncf import NCF, NCFConfig
 from pipeline.model.neighbourhood import Neighbourhood
+from pipeline.model.recommender import NCFRecommender
 
 WEIGHTS, CONFIG, METADATA = "weights.safetensors", "model_config.json", "metadata.json"
 USERS, ITEMS, INTERACTIONS = "users.parquet", "items.parquet", "interactions.parquet"
@@ -122,6 +123,20 @@ class Bundle:
         matrix.sum_duplicates()
         matrix.data[:] = 1.0
         return matrix
+
+    def recommender(
+        self, history: sp.csr_matrix, seen: sp.csr_matrix | None = None, neighbourhood: bool = True
+    ) -> NCFRecommender:
+        """The bundle's network behind the recommender interface, reading `history` (users x items);
+        with its ItemKNN term unless `neighbourhood` is False (the network alone)."""
+        return NCFRecommender(
+            self.model,
+            self.user_feature_tensor(),
+            self.item_feature_tensor(),
+            history,
+            seen,
+            self.neighbourhood if neighbourhood else None,
+        )
 
     @cached_property
     def catalog(self) -> Catalog:

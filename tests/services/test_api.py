@@ -202,7 +202,6 @@ def test_api_pyfunc_and_evaluator_give_the_same_lists(project, service):
 
     from pipeline import stages
     from pipeline.config import Workspace
-    from pipeline.model.recommender import NCFRecommender
     from pipeline.ops import registry, tracking
 
     pyfunc = registry.load_recommender(project, "1")
@@ -219,14 +218,7 @@ def test_api_pyfunc_and_evaluator_give_the_same_lists(project, service):
             ].tolist()
     ws, params = Workspace.load(project)
     data = stages.evaluation_data(ws, params, "test")
-    bundle = pyfunc.bundle
-    engine = NCFRecommender(
-        bundle.model,
-        bundle.user_feature_tensor(),
-        bundle.item_feature_tensor(),
-        data.train,
-        neighbourhood=bundle.neighbourhood,
-    )
+    engine = pyfunc.bundle.recommender(data.train)
     rows = np.arange(0, len(pyfunc.users), 8)
     expected = pyfunc.isbns[data.lists(engine, rows, 10)]
     replayed = model.predict(pd.DataFrame({"user_id": users, "k": 10}), params={"exclude": "train"})

@@ -76,15 +76,8 @@ def test_pyfunc_equals_the_in_process_model_and_reproduces_test_metrics(project)
     ws, params = Workspace.load(project)
     items = io.read_parquet(ws.processed / "items.parquet")
     data = stages.evaluation_data(ws, params, "test")
-    from pipeline.model.recommender import NCFRecommender
 
-    engine = NCFRecommender(
-        local.model,
-        local.bundle.user_feature_tensor(),
-        local.bundle.item_feature_tensor(),
-        data.train,
-        neighbourhood=local.bundle.neighbourhood,
-    )
+    engine = local.bundle.recommender(data.train)
     top = data.lists(engine, np.arange(25), 10)
     through_registry = model.predict(request, params={"exclude": "train"})
     expected = items.set_index("item_idx").loc[top.ravel(), "isbn"].to_numpy()
