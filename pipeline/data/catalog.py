@@ -10,6 +10,7 @@ same title by different authors stays two works. The preprocess stage computes `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -78,22 +79,23 @@ class Catalog:
     def n_items(self) -> int:
         return len(self.work)
 
-    def editions(self) -> sp.csr_matrix:
-        """(items x items) 1 where two items are editions of one work (an item is its own edition)."""
-        membership = sp.csr_matrix(
+    @cached_property
+    def membership(self) -> sp.csr_matrix:
+        """(items x works) 1 where an item is an edition of a work; built once (serving expands
+        exclusions with it on every request)."""
+        return sp.csr_matrix(
             (np.ones(self.n_items, dtype=np.float32), (np.arange(self.n_items), self.work)),
             shape=(self.n_items, int(self.work.max(initial=-1)) + 1),
         )
-        return (membership @ membership.T).tocsr()
+
+    def editions(self) -> sp.csr_matrix:
+        """(items x items) 1 where two items are editions of one work (an item is its own edition)."""
+        return (self.membership @ self.membership.T).tocsr()
 
     def with_editions(self, known: sp.csr_matrix) -> sp.csr_matrix:
         """Binary rows: every item of `known` and every other edition of it."""
-        membership = sp.csr_matrix(
-            (np.ones(self.n_items, dtype=np.float32), (np.arange(self.n_items), self.work)),
-            shape=(self.n_items, int(self.work.max(initial=-1)) + 1),
-        )
-        works = (sp.csr_matrix(known, dtype=np.float32) @ membership).tocsr()
-        expanded = (works @ membership.T).tocsr()
+        works = (sp.csr_matrix(known, dtype=np.float32) @ self.membership).tocsr()
+        expanded = (works @ self.membership.T).tocsr()
         expanded.data[:] = 1.0
         expanded.eliminate_zeros()
         return expanded

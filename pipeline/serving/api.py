@@ -226,6 +226,11 @@ def _serving(holder: ModelHolder) -> Served:
     return current
 
 
+def _rules(model: Served, max_per_author: int | None):
+    """The model's list rules, with the request's author cap when it gave one (0: no cap)."""
+    return model.recommender.rules_for("default" if max_per_author is None else max_per_author)
+
+
 def _book_index(model: Served, isbn: str):
     try:
         return model.recommender.item_indices([isbn])
@@ -273,7 +278,7 @@ def _read_routes(holder: ModelHolder, feedback: FeedbackStore, batcher: RankBatc
         model = _serving(holder)
         # The feedback store is a synchronous database: query it on a worker thread, never on the loop.
         read, liked = await run_in_threadpool(model.recommender.live_history, feedback, user_id)
-        rules = model.recommender.rules_for("default" if max_per_author is None else max_per_author)
+        rules = _rules(model, max_per_author)
         ids, scores = await batcher.rank(
             model.recommender, user_id, k, extra_reads=liked, extra_excluded=read, rules=rules
         )
@@ -301,7 +306,7 @@ def _read_routes(holder: ModelHolder, feedback: FeedbackStore, batcher: RankBatc
         """The books most similar to one book: never another edition of it, one edition per work."""
         model = _serving(holder)
         query = _book_index(model, isbn)
-        rules = model.recommender.rules_for("default" if max_per_author is None else max_per_author)
+        rules = _rules(model, max_per_author)
         ids, scores = model.recommender.rank_similar(query, k, rules)
         return {
             "isbn": isbn.upper(),
