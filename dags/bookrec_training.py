@@ -8,6 +8,7 @@ gate call `pipeline` directly. Tasks pass references (stage names, model version
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,12 +78,33 @@ def _overrides(section: str) -> dict:
     }
 
 
-def _stage(name: str, overrides: dict | None = None) -> dict:
-    from pipeline.ops.versioning import reproduce, restore_params
+def _stage(name: str, uses_form: bool = False) -> dict:
+    """Run DVC stage `name` in the repository's workspace, or, for a stage that `uses_form` when the
+    run's form sets train values, as a DVC experiment in a temporary workspace (`dvc exp run --temp -S ...`): params.yaml is never
+    rewritten and the workspace keeps its own model; the experiment's dvc.lock records the values."""
+    from pipeline.ops.versioning import experiment_name, reproduce, run_experiment
 
-    restore_params(ROOT)
-    ran = reproduce(ROOT, name, overrides=overrides)
-    return {"stage": name, "ran": ran, "skipped": name not in ran, "overrides": overrides or {}}
+    overrides = _overrides("train") if uses_form else {}
+    if not overrides:
+        ran = reproduce(ROOT, name)
+        return {"stage": name, "ran": ran, "skipped": name not in ran, "overrides": {}}
+    experiment = experiment_name("airflow", get_current_context()["run_id"], name)
+    rev = run_experiment(ROOT, name, overrides, experiment)
+    return {"stage": name, "experiment": experiment, "rev": rev, "skipped": False, "overrides": overrides}
+
+
+def _experiment_workspace(evaluated: dict) -> tuple:
+    """The workspace a task after `evaluate` works on: the repository's, or, for a run with train
+    values, one whose model and reports are the experiment's (checked out below run/experiments)."""
+    from pipeline.config import Workspace
+    from pipeline.ops.versioning import checkout_experiment
+
+    ws, params = Workspace.load(ROOT)
+    if "experiment" not in evaluated:
+        return ws, params, None
+    experiment = checkout_experiment(ROOT, evaluated["experiment"], evaluated["rev"], params.paths)
+    ws, params = Workspace.load(ROOT, experiment.paths_overrides(params.paths))
+    return ws, params, experiment
 
 
 @dag(
@@ -109,8 +131,10 @@ Weekly (Monday 03:00 UTC) **or** as soon as new raw data is registered (asset `b
 emitted by `bookrec data fetch` and by the live-feedback export).
 
 Each data/model task runs its DVC stage: unchanged inputs mean the stage is skipped, so a re-run
-with the same data retrains nothing and registers no duplicate version. The form's values override
-`params.yaml` for this run only (dvc.lock records what the run used).
+with the same data retrains nothing and registers no duplicate version. A run whose form changes
+train values runs `train` and `evaluate` as a DVC experiment (`dvc exp run --temp -S ...`, named
+`airflow-<run id>-<stage>`, listed by `dvc exp show`): `params.yaml` is never rewritten, the
+experiment's dvc.lock and the MLflow run record the values, and the workspace keeps its own model.
 
 `register` logs the run and the model to MLflow and registers it as `challenger`; `gate_and_promote`
 moves `production` only when every check of the gate passes. To re-run from a failed task, clear it
@@ -154,19 +178,21 @@ def bookrec_training():
         doc_md="DVC stage `train`: NCF with BPR, early stopping on validation; the form's train values apply."
     )
     def train(_: dict) -> dict:
-        return _stage("train", _overrides("train"))
+        return _stage("train", uses_form=True)
 
     @task(doc_md="DVC stage `evaluate`: NCF and the baselines over the full catalog on the test split.")
     def evaluate(_: dict) -> dict:
-        return _stage("evaluate")
+        return _stage("evaluate", uses_form=True)
 
     @task(doc_md="Log the run and the model to MLflow; register it as `challenger` (idempotent per model).")
-    def register(_: dict) -> dict:
+    def register(evaluated: dict) -> dict:
         from pipeline import release
-        from pipeline.config import Workspace
 
-        ws, params = Workspace.load(ROOT)
-        return release.register_model(ws, params)
+        ws, params, experiment = _experiment_workspace(evaluated)
+        registered = release.register_model(ws, params, experiment)
+        if experiment is not None:  # MLflow holds the artifacts now; the checkout was only for this
+            shutil.rmtree(ROOT / experiment.folder)
+        return registered
 
     @task(doc_md="The promotion gate; `production` moves only if every check passed.")
     def gate_and_promote(registered: dict) -> dict:

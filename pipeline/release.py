@@ -4,9 +4,14 @@ step of the training DAG (`register_model`, `gate_and_promote`) or the `bookrec 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pipeline import io
 from pipeline.config import Params, Workspace
 from pipeline.stages import evaluation_data
+
+if TYPE_CHECKING:
+    from pipeline.ops.versioning import Experiment
 
 # What the pyfunc imports (tests/code/test_layout.py checks that serving loads no ingestion,
 # training or evaluation code, so ftfy, pandera, scikit-learn and implicit are not needed).
@@ -44,8 +49,9 @@ def _production_on_split(ws: Workspace, params: Params, version: str) -> float:
     return ndcg_at(RemappedRecommender(served, users, items, data.train), data, batch_size=256)
 
 
-def register_model(ws: Workspace, params: Params) -> dict:
-    """Log the trained model to MLflow and register it as the `challenger` (once per distinct model)."""
+def register_model(ws: Workspace, params: Params, experiment: Experiment | None = None) -> dict:
+    """Log the trained model to MLflow and register it as the `challenger` (once per distinct model).
+    A model trained in a DVC `experiment` takes its data lineage from the experiment's lock file."""
     from pipeline.data.split import split_fingerprint
     from pipeline.ops import registry, tracking, versioning
     from pipeline.storage.bundle import fingerprint
@@ -62,7 +68,7 @@ def register_model(ws: Workspace, params: Params) -> dict:
     version = registry.find_version(client, model_fingerprint)
     if version is not None:
         return {"version": str(version.version), "created": False, "run_id": version.run_id}
-    data_version = versioning.data_version(ws.root)
+    data_version = versioning.data_version(ws.root if experiment is None else ws.root / experiment.folder)
     lineage = {
         **tracking.git_commit(ws.root),
         **{f"data:{path}": md5 for path, md5 in data_version.items()},
@@ -72,6 +78,7 @@ def register_model(ws: Workspace, params: Params) -> dict:
         "protocol": metadata["protocol"],
         "trained_at": metadata["trained_at"],
         "run_name": metadata["run_name"],
+        **({} if experiment is None else experiment.tags()),
     }
     run = tracking.log_training_run(
         ws.root,

@@ -5,12 +5,18 @@ The only module that imports dvc; the CLI and the Airflow tasks go through it.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from pipeline.config import Paths
 
 RAW_DVC_FILE = "data.dvc"
 
@@ -19,11 +25,16 @@ RAW_DVC_FILE = "data.dvc"
 def _dvc_repo(root: Path):
     from dvc.repo import Repo
 
+    saved = {name: os.environ.get(name) for name in ("PATH", "BOOKREC_ROOT")}
+    saved["PATH"] = saved["PATH"] or ""
+    old_cwd = os.getcwd()
     # Stage commands are `bookrec ...`: make sure the interpreter's own scripts are found first.
     scripts = str(Path(sys.executable).parent)
-    old_path, old_cwd = os.environ.get("PATH", ""), os.getcwd()
-    if scripts not in old_path.split(os.pathsep):
-        os.environ["PATH"] = scripts + os.pathsep + old_path
+    if scripts not in saved["PATH"].split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + saved["PATH"]
+    # A stage finds its project from its working directory, which for a DVC experiment is a
+    # temporary copy of the repository: a BOOKREC_ROOT pointing at the repository would write there.
+    os.environ.pop("BOOKREC_ROOT", None)
     # DVC resolves targets against the working directory: work from the repository root.
     os.chdir(root)
     repo = Repo(str(root))
@@ -32,7 +43,11 @@ def _dvc_repo(root: Path):
     finally:
         repo.close()
         os.chdir(old_cwd)
-        os.environ["PATH"] = old_path
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def is_dvc_repo(root: Path) -> bool:
@@ -53,63 +68,87 @@ def track_raw_data(root: Path, raw_parent: str = "data/raw") -> bool:
     return dvc_file.read_text() != before
 
 
-PARAMS_BACKUP = ".params.yaml.before-override"
-
-
-def restore_params(root: Path) -> bool:
-    """Put back params.yaml if a run with overrides was interrupted; True if there was something to restore."""
-    backup = root / PARAMS_BACKUP
-    if backup.is_file():
-        os.replace(backup, root / "params.yaml")
-        return True
-    return False
-
-
-@contextmanager
-def params_overridden(root: Path, overrides: dict[str, object]):
-    """params.yaml with `overrides` (dotted keys) applied for the duration of the block, then restored
-    byte for byte. Comments and layout survive (ruamel round trip); a crash leaves a backup that
-    `restore_params` puts back at the start of the next task."""
-    if not overrides:
-        yield
-        return
-    from ruamel.yaml import YAML
-
-    from pipeline.config import load_params
-
-    load_params(root, overrides)  # validate the overrides before touching anything
-    restore_params(root)
-    path = root / "params.yaml"
-    original = path.read_bytes()
-    (root / PARAMS_BACKUP).write_bytes(original)
-    handler = YAML()
-    document = handler.load(original)
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = document
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    try:
-        with open(path, "w", encoding="utf-8") as handle:
-            handler.dump(document, handle)
-        yield
-    finally:
-        restore_params(root)
-
-
-def reproduce(
-    root: Path, stage: str | None = None, force: bool = False, overrides: dict[str, object] | None = None
-) -> list[str]:
+def reproduce(root: Path, stage: str | None = None, force: bool = False) -> list[str]:
     """Run `stage` alone (or, without a stage, the whole pipeline) if its inputs changed; the names of
-    the stages that ran. An orchestrator runs the stages one by one, in order.
-
-    With `overrides`, the run uses them instead of params.yaml's values; dvc.lock then records what
-    was used, so the next run without overrides sees the change and reruns the stage.
-    """
-    with params_overridden(root, overrides or {}), _dvc_repo(root) as repo:
+    the stages that ran. An orchestrator runs the stages one by one, in order."""
+    with _dvc_repo(root) as repo:
         ran = repo.reproduce(targets=[stage] if stage else None, force=force, single_item=stage is not None)
     return [s.addressing for s in ran]
+
+
+EXPERIMENTS_DIR = "run/experiments"
+# Untracked in a fresh clone (or just written by `dvc repro`): a temporary workspace needs them to
+# find the data the stages before the experiment produced.
+_WORKSPACE_STATE = ("dvc.lock", RAW_DVC_FILE)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A DVC experiment run for one set of overrides: its name, its git revision, and the folder below
+    the repository where its model, reports and lock file were checked out."""
+
+    name: str
+    rev: str
+    folder: str  # relative to the repository root
+
+    def tags(self) -> dict[str, str]:
+        return {"dvc_experiment": self.name, "dvc_experiment_rev": self.rev}
+
+    def paths_overrides(self, paths: Paths) -> dict[str, str]:
+        """Overrides that point a workspace's model and reports at this experiment's copies."""
+        return {
+            "paths.model": f"{self.folder}/{paths.model}",
+            "paths.reports": f"{self.folder}/{paths.reports}",
+        }
+
+
+def experiment_name(*parts: str) -> str:
+    """A DVC experiment name (a git ref component) from free text such as an Airflow run id."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(parts)).strip("-")
+
+
+def run_experiment(root: Path, stage: str, overrides: dict[str, object], name: str) -> str:
+    """Run `stage` with `overrides` as the DVC experiment `name` (`dvc exp run --temp -S ...`), in a
+    temporary copy of the workspace: the repository's params.yaml and dvc.lock are never written, the
+    experiment's own dvc.lock records what it used, and stages an earlier experiment ran with the same
+    inputs are restored from DVC's run cache instead of rerunning. Returns the experiment's revision."""
+    from pipeline.config import load_params
+
+    load_params(root, overrides)  # a bad override fails here, naming the key, before anything runs
+    settings = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    with _dvc_repo(root) as repo:
+        if name in _experiment_names(repo):  # a retried task runs its experiment again
+            repo.experiments.remove(exp_names=[name])
+        results = repo.experiments.run(
+            targets=[stage],
+            params=settings,
+            tmp_dir=True,
+            name=name,
+            copy_paths=[p for p in _WORKSPACE_STATE if (root / p).is_file()],
+        )
+    if not results:
+        raise RuntimeError(f"DVC experiment {name!r} for stage {stage!r} produced no result")
+    return next(iter(results))
+
+
+def _experiment_names(repo) -> set[str]:
+    return {name for names in repo.experiments.ls(all_commits=True).values() for name, _ in names}
+
+
+def checkout_experiment(root: Path, name: str, rev: str, paths: Paths) -> Experiment:
+    """Copy the experiment's model, reports, params and lock file out of the DVC cache into
+    `run/experiments/<name>/` (replacing an earlier copy), for registration."""
+    from dvc.api import DVCFileSystem
+
+    experiment = Experiment(name, rev, f"{EXPERIMENTS_DIR}/{name}")
+    folder = root / experiment.folder
+    shutil.rmtree(folder, ignore_errors=True)
+    fs = DVCFileSystem(str(root), rev=rev)
+    for directory in (paths.model, paths.reports):
+        fs.get(directory, str(folder / directory), recursive=True)
+    for file in ("params.yaml", *_WORKSPACE_STATE):
+        fs.get_file(file, str(folder / file))
+    return experiment
 
 
 def data_version(root: Path) -> dict[str, str]:

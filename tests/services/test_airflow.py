@@ -88,16 +88,33 @@ def test_dag_end_to_end_then_rerun_skips_data_stages(airflow_db, tmp_path, synth
     assert len(registry.list_versions(client)) == versions
     assert str(registry.production_version(client).version) == str(production.version)
 
-    # a run with a form value that differs from params.yaml retrains, and params.yaml is left as it was
-    before = (root / "params.yaml").read_bytes()
+    # A run with a form value that differs from params.yaml trains in a DVC experiment in a temporary
+    # workspace: params.yaml is left as it was, the workspace's dvc.lock is not written at all, the
+    # registered version records the value, and the next normal run has nothing to retrain.
+    params_file, lock_file = root / "params.yaml", root / "dvc.lock"
+    params_before, lock_before = (
+        params_file.read_bytes(),
+        (lock_file.read_bytes(), lock_file.stat().st_mtime_ns),
+    )
     third = load_dag(root / "dags").test(run_conf={"train.epochs": 3})
     assert third.state == "success"
-    trained = [ti for ti in third.get_task_instances() if ti.task_id == "train"][0].xcom_pull(
-        task_ids="train"
-    )
-    assert trained["skipped"] is False and trained["overrides"] == {"train.epochs": 3}
-    assert (root / "params.yaml").read_bytes() == before
-    assert "epochs: 3" in (root / "dvc.lock").read_text()
+    results = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in third.get_task_instances()}
+    assert results["train"]["overrides"] == {"train.epochs": 3}
+    assert params_file.read_bytes() == params_before
+    assert (lock_file.read_bytes(), lock_file.stat().st_mtime_ns) == lock_before
+    experiments = run(["dvc", "exp", "show", "--json"], root).stdout
+    assert results["evaluate"]["experiment"] in experiments
+    version = client.get_model_version(registry.MODEL_NAME, results["register"]["version"])
+    assert results["register"]["created"] is True
+    assert version.tags["dvc_experiment"] == results["evaluate"]["experiment"]
+    assert client.get_run(version.run_id).data.params["epochs"] == "3"
+    lock = run(["git", "show", f"{version.tags['dvc_experiment_rev']}:dvc.lock"], root).stdout
+    assert "epochs: 3" in lock
+
+    fourth = load_dag(root / "dags").test()
+    assert fourth.state == "success"
+    trained = [ti for ti in fourth.get_task_instances() if ti.task_id == "train"][0]
+    assert trained.xcom_pull(task_ids="train")["skipped"] is True
 
 
 @pytest.mark.slow
