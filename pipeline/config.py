@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -163,9 +163,19 @@ class TrainParams(Section):
         return self
 
 
+class ExperimentParams(Section):
+    mode: Literal["off", "ab", "shadow"]
+    challenger_share: float = Field(ge=0, le=1)
+    salt: str = Field(min_length=1)
+
+
 class ServeParams(Section):
     ann_threshold: int = Field(ge=0)
     max_per_author: int | None = Field(ge=1)  # None: no cap
+    experiment: ExperimentParams
+    impression_queue: int = Field(ge=1)
+    attribution_hours: float = Field(gt=0)
+    rules_refresh_seconds: float = Field(gt=0)
 
 
 class GateParams(Section):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from pipeline.online import long_tail_items  # noqa: F401  (one split of head and tail)
+
 ACCURACY_METRICS = ("precision", "recall", "ndcg", "hit_rate", "mrr", "map")
 
 
@@ -108,17 +110,6 @@ def novelty(top_k: np.ndarray, popularity: np.ndarray, n_users: int) -> dict[str
     information = -np.log2(np.maximum(popularity[listed], 1) / n_users)
     value = float(information.mean()) if len(listed) else float("nan")
     return {"novelty": value, "novelty_normalised": value / np.log2(n_users)}
-
-
-def long_tail_items(popularity: np.ndarray, head_share: float = 0.2) -> np.ndarray:
-    """Bool mask of the long tail: everything but the most popular items that together hold
-    `head_share` of all interactions."""
-    order = np.argsort(-popularity, kind="stable")
-    cumulative = np.cumsum(popularity[order]) / max(popularity.sum(), 1)
-    n_head = int(np.searchsorted(cumulative, head_share) + 1)
-    tail = np.ones(len(popularity), dtype=bool)
-    tail[order[:n_head]] = False
-    return tail
 
 
 def popularity_bias(top_k: np.ndarray, popularity: np.ndarray, tail: np.ndarray) -> dict[str, float]:

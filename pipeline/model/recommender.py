@@ -119,14 +119,22 @@ class Recommender(ABC):
         return self._similarity
 
     def similar_items(
-        self, items: np.ndarray, k: int = 10, ranker: Ranker | None = None
+        self, items: np.ndarray, k: int = 10, ranker: Ranker | None = None, blocked: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items by cosine similarity of item vectors; never the item itself, nor (with a
-        catalog-aware `ranker`) another edition of it."""
+        catalog-aware `ranker`) another edition of it, nor a `blocked` item (indices, for every row)."""
         similarity = self.similarity()
-        ranker = ranker or Ranker.plain(len(similarity.unit))
-        scores = similarity.scores(items, depth=8 * k + 32)
-        excluded = ranker.catalog.with_editions(one_hot_rows(items, len(similarity.unit)))
+        n_items = len(similarity.unit)
+        ranker = ranker or Ranker.plain(n_items)
+        blocked = np.empty(0, np.int64) if blocked is None else np.asarray(blocked, dtype=np.int64)
+        scores = similarity.scores(items, depth=8 * k + 32 + len(blocked))
+        excluded = ranker.catalog.with_editions(one_hot_rows(items, n_items))
+        if len(blocked):
+            rows = np.repeat(np.arange(len(items)), len(blocked))
+            block = sp.csr_matrix(
+                (np.ones(len(rows), np.float32), (rows, np.tile(blocked, len(items)))), shape=excluded.shape
+            )
+            excluded = excluded + block
         return ranker.top_k(scores, excluded, k)
 
 

@@ -41,6 +41,10 @@ def production_version(client) -> Any | None:
     return _alias_version(client, PRODUCTION)
 
 
+def challenger_version(client) -> Any | None:
+    return _alias_version(client, CHALLENGER)
+
+
 def load_recommender(root: Path, version: str) -> BookRecommender:
     """The one way to load a registered version: its MLflow pyfunc, unwrapped to the
     `BookRecommender` it serves through (the API, the dashboard and the gate all call this)."""

@@ -16,12 +16,14 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Query, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -36,10 +38,14 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.config import ServeParams, load_params
 from pipeline.serving.batching import RankBatcher
-from pipeline.serving.holder import ModelHolder, Served, registry_holder
+from pipeline.serving.experiment import RuntimeRules, arm_of
+from pipeline.serving.holder import ModelHolder, Served, challenger_holder, registry_holder
 from pipeline.serving.service import MAX_K, Reader
+from pipeline.storage import impressions as impressions_store
 from pipeline.storage.feedback import FeedbackStore
+from pipeline.storage.impressions import Impression, ImpressionLog
 
 log = logging.getLogger("bookrec.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -48,6 +54,11 @@ ISBN = PathParam(min_length=1, max_length=32, pattern=r"^[\w.-]+$", description=
 K = Query(10, ge=1, le=MAX_K, description="How many books")
 BEARER = HTTPBearer(auto_error=False, description="The API's write token (run/api_token)")
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+EXCLUDE = Query(
+    [],
+    max_length=50,
+    description="ISBNs never to list in this answer (repeat the parameter, or comma-separate)",
+)
 MAX_PER_AUTHOR = Query(
     None,
     ge=0,
@@ -68,6 +79,8 @@ class Book(BaseModel):
 
 
 class Recommendations(BaseModel):
+    request_id: str = Field(description="Name this list when posting what the reader did with it")
+    arm: str = Field(description="production, or challenger for a reader in an A/B experiment's other arm")
     user_id: str | None = None
     known_reader: bool
     model_version: str
@@ -75,15 +88,36 @@ class Recommendations(BaseModel):
 
 
 class SimilarBooks(BaseModel):
+    request_id: str
     isbn: str
     model_version: str
     books: list[Book]
+
+
+class ExperimentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["off", "ab", "shadow"]
+    challenger_share: float = Field(0.5, ge=0, le=1)
+    salt: str = Field("exp-1", min_length=1, max_length=64)
+
+
+class ExperimentOut(ExperimentIn):
+    source: str = Field(description="params.yaml, or run time (set through the admin endpoint or the CLI)")
+    challenger_version: str | None = None
+
+
+class Unavailable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("unavailable", max_length=200)
 
 
 class InteractionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     isbn: str = Field(min_length=1, max_length=32, pattern=r"^[\w.-]+$")
     rating: int = Field(0, ge=0, le=10, description="0 = read without rating, 1..10 explicit rating")
+    request_id: str | None = Field(
+        None, min_length=1, max_length=32, pattern=r"^[0-9a-f]+$", description="The list it was chosen from"
+    )
 
 
 class InteractionOut(BaseModel):
@@ -170,6 +204,9 @@ class Instruments:
     batch_sizes: Histogram
     serving: Gauge  # 1 for the version actually serving
     degraded: Gauge  # 1 when the alias names a version that is not serving (or nothing serves)
+    impressions: Counter  # lists logged, per arm and whether shown
+    impressions_dropped: Counter  # lists not logged because the queue was full
+    online: Gauge  # online metrics of the last days, per version, arm and metric
 
     @classmethod
     def create(cls) -> Instruments:
@@ -197,10 +234,18 @@ class Instruments:
                 registry=registry,
             ),
             Gauge("bookrec_model_degraded", "1 when production could not be loaded", registry=registry),
+            Counter("bookrec_impressions", "Served lists logged", ["arm", "shown"], registry=registry),
+            Counter("bookrec_impressions_dropped", "Served lists not logged: queue full", registry=registry),
+            Gauge(
+                "bookrec_online",
+                "Online metrics of the served lists (last 7 days)",
+                ["version", "arm", "metric"],
+                registry=registry,
+            ),
         )
 
 
-def _lifespan(holder: ModelHolder, batcher: RankBatcher, start_polling: bool):
+def _lifespan(holder: ModelHolder, batcher: RankBatcher, online: OnlineLoop, start_polling: bool):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         import torch
@@ -210,11 +255,18 @@ def _lifespan(holder: ModelHolder, batcher: RankBatcher, start_polling: bool):
             holder.refresh()
         except Exception:
             log.exception("no model could be loaded at start; /health will say so")
+        try:
+            online.rules.refresh()
+        except Exception:
+            log.exception("could not read the run-time rules at start; using params.yaml's")
         if start_polling:
             holder.start()
+            online.rules.start()
         yield
         batcher.stop()
         holder.stop()
+        online.rules.stop()
+        online.impressions.close()
 
     return lifespan
 
@@ -240,8 +292,27 @@ def _book_index(model: Served, isbn: str):
         raise HTTPException(404, str(err)) from None
 
 
-def _ops_routes(holder: ModelHolder, instruments: Instruments) -> APIRouter:
+ONLINE_GAUGES = ("ctr", "positive_rate", "mrr", "coverage", "long_tail_share", "impressions")
+
+
+def _ops_routes(
+    holder: ModelHolder, feedback: FeedbackStore, online: OnlineLoop, instruments: Instruments
+) -> APIRouter:
     router = APIRouter()
+    computed = {"at": -1e9}
+
+    def refresh_online_gauges() -> None:
+        """Recompute the online metrics for /metrics at most every 30 s (a scrape must stay cheap)."""
+        from pipeline.serving.monitoring import online_report
+
+        if time.monotonic() - computed["at"] < 30 or holder.current is None:
+            return
+        computed["at"] = time.monotonic()
+        report = online_report(feedback, holder.current.recommender, online.window, days=7)
+        instruments.online.clear()
+        for row in report.by_version.to_dict("records"):
+            for metric in ONLINE_GAUGES:
+                instruments.online.labels(row["model_version"], row["arm"], metric).set(row[metric])
 
     @router.get("/health", response_model=Health)
     def health(response: Response) -> Health:
@@ -262,27 +333,84 @@ def _ops_routes(holder: ModelHolder, instruments: Instruments) -> APIRouter:
         if state.serving_version is not None:
             instruments.serving.labels(state.serving_version).set(1)
         instruments.degraded.set(0 if state.status == "ok" else 1)
+        try:
+            refresh_online_gauges()
+        except Exception:  # the store is down: the other metrics still answer
+            log.exception("could not compute the online metrics")
         return Response(generate_latest(instruments.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
 
-def _read_routes(holder: ModelHolder, feedback: FeedbackStore, batcher: RankBatcher) -> APIRouter:
+@dataclass
+class OnlineLoop:
+    """What the API needs to learn from its lists: the challenger, the run-time rules (experiment,
+    unavailable books), the impression log, and the attribution window."""
+
+    challenger: ModelHolder | None
+    rules: RuntimeRules
+    impressions: ImpressionLog
+    window: timedelta
+
+    def serving_for(self, holder: ModelHolder, user_id: str) -> tuple[Served, str]:
+        """The model and arm for a reader: the challenger in its A/B arm when it is loaded."""
+        challenger = None if self.challenger is None else self.challenger.current
+        if challenger is not None and arm_of(user_id, self.rules.current.experiment) == "challenger":
+            return challenger, "challenger"
+        return _serving(holder), "production"
+
+    def shadow(self, holder: ModelHolder) -> Served | None:
+        """The challenger, when it scores every request in shadow mode (and is not production)."""
+        if self.rules.current.experiment.mode != "shadow" or self.challenger is None:
+            return None
+        shadow = self.challenger.current
+        production = holder.current
+        return (
+            shadow
+            if shadow is not None and (production is None or shadow.version != production.version)
+            else None
+        )
+
+    def log(self, model: Served, user_id: str, arm: str, shown: bool, surface: str, ids) -> str:
+        request_id = uuid.uuid4().hex
+        isbns = tuple(model.recommender.isbns[int(i)] for i in ids if i >= 0)
+        self.impressions.log(Impression(request_id, user_id, model.version, arm, shown, surface, isbns))
+        return request_id
+
+
+def _split_isbns(values: list[str]) -> tuple[str, ...]:
+    return tuple(part.strip().upper() for value in values for part in value.split(",") if part.strip())
+
+
+def _read_routes(
+    holder: ModelHolder, feedback: FeedbackStore, batcher: RankBatcher, online: OnlineLoop
+) -> APIRouter:
     router = APIRouter()
 
     @router.get("/recommendations/{user_id}", response_model=Recommendations)
     async def recommend(
-        user_id: str = USER_ID, k: int = K, max_per_author: int | None = MAX_PER_AUTHOR
+        background: BackgroundTasks,
+        user_id: str = USER_ID,
+        k: int = K,
+        max_per_author: int | None = MAX_PER_AUTHOR,
+        exclude: list[str] = EXCLUDE,
     ) -> dict:
-        """Top-k books for a reader; a reader the model has never seen gets the cold-start answer."""
-        model = _serving(holder)
+        """Top-k books for a reader; a reader the model has never seen gets the cold-start answer.
+        Never a book the reader knows, an `exclude`d book or one marked unavailable."""
+        model, arm = online.serving_for(holder, user_id)
         # The feedback store is a synchronous database: query it on a worker thread, never on the loop.
         read, liked = await run_in_threadpool(model.recommender.live_history, feedback, user_id)
-        rules = _rules(model, max_per_author)
+        blocked = (*_split_isbns(exclude), *online.rules.current.unavailable)
+        request = {"extra_reads": liked, "extra_excluded": read, "blocked": blocked}
         ids, scores = await batcher.rank(
-            model.recommender, user_id, k, extra_reads=liked, extra_excluded=read, rules=rules
+            model.recommender, user_id, k, rules=_rules(model, max_per_author), **request
         )
+        request_id = online.log(model, user_id, arm, True, "recommendations", ids)
+        if (shadow := online.shadow(holder)) is not None:  # scored after the answer is sent
+            background.add_task(_shadow_list, batcher, online, shadow, user_id, k, max_per_author, request)
         return {
+            "request_id": request_id,
+            "arm": arm,
             "user_id": user_id,
             "known_reader": model.recommender.known_user(user_id) is not None,
             "model_version": model.version,
@@ -294,27 +422,59 @@ def _read_routes(holder: ModelHolder, feedback: FeedbackStore, batcher: RankBatc
         """Top-k books for someone new, from age, location and a few liked books (no retraining)."""
         model = _serving(holder)
         new = Reader(age=reader.age, location=reader.location, liked_isbns=tuple(reader.liked_isbns))
-        ids, scores = await batcher.rank(model.recommender, "<new reader>", reader.k, reader=new)
+        blocked = tuple(online.rules.current.unavailable)
+        ids, scores = await batcher.rank(
+            model.recommender, "<new reader>", reader.k, reader=new, blocked=blocked
+        )
         return {
+            "request_id": online.log(model, "<new reader>", "production", True, "new_reader", ids),
+            "arm": "production",
             "known_reader": False,
             "model_version": model.version,
             "books": model.recommender.book_records(ids, scores),
         }
 
     @router.get("/books/{isbn}/similar", response_model=SimilarBooks)
-    async def similar(isbn: str = ISBN, k: int = K, max_per_author: int | None = MAX_PER_AUTHOR) -> dict:
+    async def similar(
+        isbn: str = ISBN,
+        k: int = K,
+        max_per_author: int | None = MAX_PER_AUTHOR,
+        exclude: list[str] = EXCLUDE,
+    ) -> dict:
         """The books most similar to one book: never another edition of it, one edition per work."""
         model = _serving(holder)
         query = _book_index(model, isbn)
-        rules = _rules(model, max_per_author)
-        ids, scores = model.recommender.rank_similar(query, k, rules)
+        blocked = (*_split_isbns(exclude), *online.rules.current.unavailable)
+        ids, scores = model.recommender.rank_similar(query, k, _rules(model, max_per_author), blocked)
         return {
+            "request_id": online.log(model, "<similar>", "production", True, "similar", ids[0]),
             "isbn": isbn.upper(),
             "model_version": model.version,
             "books": model.recommender.book_records(ids[0], scores[0]),
         }
 
+    @router.get("/experiment", response_model=ExperimentOut)
+    def experiment() -> ExperimentOut:
+        """The experiment in force (params.yaml's `serve.experiment` unless overridden at run time)."""
+        current = online.rules.current.experiment
+        challenger = online.challenger.serving if online.challenger is not None else None
+        source = "params.yaml" if current == online.rules.default else "run time"
+        return ExperimentOut(**current.model_dump(), source=source, challenger_version=challenger)
+
     return router
+
+
+async def _shadow_list(
+    batcher, online: OnlineLoop, shadow: Served, user_id, k, max_per_author, request
+) -> None:
+    """The challenger's list for a request in shadow mode: logged, never shown."""
+    try:
+        ids, _ = await batcher.rank(
+            shadow.recommender, user_id, k, rules=_rules(shadow, max_per_author), **request
+        )
+        online.log(shadow, user_id, "challenger", False, "recommendations", ids)
+    except Exception:  # a broken challenger must never affect production traffic
+        log.exception("shadow scoring with version %s failed", shadow.version)
 
 
 def bearer_guard(token: str):
@@ -332,15 +492,17 @@ def bearer_guard(token: str):
     return guard
 
 
-def _write_routes(holder: ModelHolder, feedback: FeedbackStore, token: str) -> APIRouter:
-    """Writes feed the next training run: only holders of the token may make them."""
+def _write_routes(holder: ModelHolder, feedback: FeedbackStore, online: OnlineLoop, token: str) -> APIRouter:
+    """Writes feed the next training run or change what every reader is shown: only holders of the
+    token may make them."""
     router = APIRouter(dependencies=[Depends(bearer_guard(token))])
 
     @router.post("/users/{user_id}/interactions", response_model=InteractionOut, status_code=201)
     def add_interaction(interaction: InteractionIn, user_id: str = USER_ID) -> InteractionOut:
-        """Store that a reader read (rating 0) or rated (1..10) a book; it counts at the next request."""
+        """Store that a reader read (rating 0) or rated (1..10) a book; it counts at the next request.
+        `request_id` names the list the reader chose it from (online metrics)."""
         _book_index(_serving(holder), interaction.isbn)
-        stored = feedback.add(user_id, interaction.isbn, interaction.rating)
+        stored = feedback.add(user_id, interaction.isbn, interaction.rating, interaction.request_id)
         return InteractionOut(
             user_id=stored.user_id,
             isbn=stored.isbn,
@@ -348,33 +510,99 @@ def _write_routes(holder: ModelHolder, feedback: FeedbackStore, token: str) -> A
             stored_at=stored.created_at.isoformat(),
         )
 
+    @router.put("/admin/experiment", response_model=ExperimentOut)
+    def set_experiment(experiment: ExperimentIn) -> ExperimentOut:
+        """Override params.yaml's `serve.experiment` for every service, until cleared."""
+        impressions_store.write_setting(feedback, impressions_store.EXPERIMENT_KEY, experiment.model_dump())
+        online.rules.refresh()
+        return ExperimentOut(**experiment.model_dump(), source="run time")
+
+    @router.delete("/admin/experiment", status_code=204)
+    def clear_experiment() -> Response:
+        """Back to params.yaml's `serve.experiment`."""
+        impressions_store.write_setting(feedback, impressions_store.EXPERIMENT_KEY, None)
+        online.rules.refresh()
+        return Response(status_code=204)
+
+    @router.put("/admin/books/{isbn}/unavailable", status_code=204)
+    def mark_unavailable(body: Unavailable, isbn: str = ISBN) -> Response:
+        """Never serve this book (out of print, withdrawn) until marked available again."""
+        impressions_store.set_unavailable(feedback, [isbn], body.reason)
+        online.rules.refresh()
+        return Response(status_code=204)
+
+    @router.delete("/admin/books/{isbn}/unavailable", status_code=204)
+    def mark_available(isbn: str = ISBN) -> Response:
+        impressions_store.set_available(feedback, [isbn])
+        online.rules.refresh()
+        return Response(status_code=204)
+
     return router
 
 
 def create_app(
-    holder: ModelHolder, feedback: FeedbackStore, write_token: str, start_polling: bool = True
+    holder: ModelHolder,
+    feedback: FeedbackStore,
+    write_token: str,
+    start_polling: bool = True,
+    challenger: ModelHolder | None = None,
+    serve: ServeParams | None = None,
 ) -> FastAPI:
-    """The app: operations (health, metrics), reads (recommendations, similar books) and writes
-    (live feedback, bearer `write_token` required) over the model `holder` serves."""
+    """The app: operations (health, metrics), reads (recommendations, similar books, the experiment)
+    and writes (live feedback, admin; bearer `write_token` required) over the model `holder` serves,
+    with the `challenger` for A/B and shadow serving."""
     instruments = Instruments.create()
+    serve = serve or load_params().serve
+    online = _online_loop(feedback, challenger, serve, instruments)
     batcher = RankBatcher(observe_batch_size=instruments.batch_sizes.observe)
     app = FastAPI(
         title="bookrec API",
         version="1.0",
-        lifespan=_lifespan(holder, batcher, start_polling),
+        lifespan=_lifespan(holder, batcher, online, start_polling),
         description="Real-time book recommendations from the registry's production model.",
     )
     app.add_middleware(GuardAndMeasure, requests=instruments.requests, latency=instruments.latency)
     for router in (
-        _ops_routes(holder, instruments),
-        _read_routes(holder, feedback, batcher),
-        _write_routes(holder, feedback, write_token),
+        _ops_routes(holder, feedback, online, instruments),
+        _read_routes(holder, feedback, batcher, online),
+        _write_routes(holder, feedback, online, write_token),
     ):
         app.include_router(router)
     return app
 
 
+def _online_loop(
+    feedback: FeedbackStore, challenger: ModelHolder | None, serve: ServeParams, instruments: Instruments
+) -> OnlineLoop:
+    def follow_experiment(snapshot) -> None:
+        # The challenger is loaded only while an experiment uses it.
+        if challenger is None:
+            return
+        if snapshot.experiment.mode == "off":
+            challenger.clear()
+        else:
+            challenger.refresh()
+
+    def write(batch):
+        impressions_store.write_impressions(feedback, batch)
+        for impression in batch:
+            instruments.impressions.labels(impression.arm, str(impression.shown).lower()).inc()
+
+    return OnlineLoop(
+        challenger,
+        RuntimeRules(feedback, serve.experiment, serve.rules_refresh_seconds, follow_experiment),
+        ImpressionLog(write, serve.impression_queue, on_drop=instruments.impressions_dropped.inc),
+        timedelta(hours=serve.attribution_hours),
+    )
+
+
 def build_app(root: Path, poll_seconds: float = 10.0) -> FastAPI:
     from pipeline.storage.secrets import api_token
 
-    return create_app(registry_holder(root, poll_seconds), FeedbackStore.for_root(root), api_token(root))
+    return create_app(
+        registry_holder(root, poll_seconds),
+        FeedbackStore.for_root(root),
+        api_token(root),
+        challenger=challenger_holder(root, poll_seconds),
+        serve=load_params(root).serve,
+    )

@@ -28,6 +28,7 @@ class RankRequest:
     extra_reads: tuple[str, ...] = ()
     extra_excluded: tuple[str, ...] = ()
     rules: ListRules | None = None  # None: the model's list rules
+    blocked: tuple[str, ...] = ()  # never listed (request exclude list, unavailable books)
     future: asyncio.Future | None = field(default=None, repr=False)  # set by `RankBatcher.rank`
 
 
@@ -48,6 +49,7 @@ def rank_together(requests: list[RankRequest]) -> list[tuple[np.ndarray, np.ndar
         extra_reads={i: r.extra_reads for i, r in zip(ids, requests, strict=True)},
         extra_excluded={i: r.extra_excluded for i, r in zip(ids, requests, strict=True)},
         rules=[r.rules or recommender.ranker.rules for r in requests],
+        blocked={i: r.blocked for i, r in zip(ids, requests, strict=True)},
     )
     return [(ranked[row, : r.k], scores[row, : r.k]) for row, r in enumerate(requests)]
 
@@ -69,6 +71,7 @@ class RankBatcher:
         extra_reads: Iterable[str] = (),
         extra_excluded: Iterable[str] = (),
         rules: ListRules | None = None,
+        blocked: Iterable[str] = (),
     ) -> tuple[np.ndarray, np.ndarray]:
         loop = asyncio.get_running_loop()
         request = RankRequest(
@@ -79,6 +82,7 @@ class RankBatcher:
             tuple(extra_reads),
             tuple(extra_excluded),
             rules,
+            tuple(blocked),
             loop.create_future(),
         )
         self.pending.append(request)

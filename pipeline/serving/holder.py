@@ -90,6 +90,11 @@ class ModelHolder:
             log.info("serving bookrec-ncf version %s", version)
             return True
 
+    def clear(self) -> None:
+        """Stop holding a model (a challenger no experiment uses any more)."""
+        with self._lock:
+            self.current, self.failure = None, None
+
     @property
     def serving(self) -> str | None:
         return None if self.current is None else self.current.version
@@ -137,5 +142,16 @@ def registry_holder(root: Path, poll_seconds: float) -> ModelHolder:
             history.reconcile(client, registry.MODEL_NAME, version)
             seen[0] = version
         return version
+
+    return ModelHolder(lambda version: registry.load_recommender(root, version), lookup, poll_seconds)
+
+
+def challenger_holder(root: Path, poll_seconds: float) -> ModelHolder:
+    """A holder of the registry's `challenger` (A/B and shadow serving), loaded the same way."""
+    from pipeline.ops import registry, tracking
+
+    def lookup() -> str | None:
+        found = registry.challenger_version(tracking.client(root))
+        return None if found is None else str(found.version)
 
     return ModelHolder(lambda version: registry.load_recommender(root, version), lookup, poll_seconds)

@@ -255,9 +255,12 @@ class BookRecommender:
         extra_reads: Mapping[str, Iterable[str]] | None = None,
         extra_excluded: Mapping[str, Iterable[str]] | None = None,
         rules: ListRules | list[ListRules] | None = None,
+        blocked: Mapping[str, Iterable[str]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """`recommend` as arrays: item indices (-1 pads) and scores, one row per reader. `rules` is one
-        `ListRules` for every reader, or one per reader (default: the model's)."""
+        `ListRules` for every reader, or one per reader (default: the model's). `blocked` ISBNs (a
+        request's exclude list, books marked unavailable) are never listed, but unlike known books
+        they leave the other editions of their work eligible."""
         k = self.validate_k(k)
         if exclude not in EXCLUDE_MODES:
             raise ValueError(f"exclude must be one of {', '.join(EXCLUDE_MODES)}, not {exclude!r}")
@@ -267,6 +270,9 @@ class BookRecommender:
         rows, features, history, excluded = self._readers(
             engine, [str(u).strip() for u in user_ids], readers or {}, extra_reads or {}, extra_excluded or {}
         )
+        if blocked:
+            lists = [self.item_indices(blocked.get(str(u).strip(), ()), strict=False) for u in user_ids]
+            excluded = binary_union(excluded, item_rows(lists, self.bundle.n_items))
         scores = engine.score_rows(rows, features, history)
         per_reader = rules if isinstance(rules, list) else [rules or self.ranker.rules] * len(rows)
         ids = np.full((len(rows), k), -1, dtype=np.int64)
@@ -326,13 +332,14 @@ class BookRecommender:
         return self._frame("isbn", [str(i).strip().upper() for i in isbns], ids, best, "similar_isbn")
 
     def rank_similar(
-        self, queries: np.ndarray, k: int, rules: ListRules | None = None
+        self, queries: np.ndarray, k: int, rules: ListRules | None = None, blocked: Iterable[str] = ()
     ) -> tuple[np.ndarray, np.ndarray]:
         """Similar books through the one ranking path: never an edition of the query, one edition per
-        work, the author cap."""
+        work, the author cap, never a `blocked` ISBN."""
         k = self.validate_k(k)
         ranker = Ranker(self.catalog, rules or self.ranker.rules)
-        return self.engines["all"].similar_items(queries, k, ranker)
+        blocked_items = self.item_indices(blocked, strict=False) if blocked else None
+        return self.engines["all"].similar_items(queries, k, ranker, blocked_items)
 
     def because_you_read(self, user_id: str, isbn: str, extra_reads: Iterable[str] = ()) -> str | None:
         """The book in the reader's history most similar to `isbn` (the reason shown next to it)."""

@@ -25,6 +25,8 @@ interactions = sa.Table(
     sa.Column("isbn", sa.String(32), nullable=False),
     sa.Column("rating", sa.SmallInteger, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The impression (served list) the reader acted on, when the client says so: online metrics.
+    sa.Column("request_id", sa.String(32), nullable=True),
 )
 
 EXPORT_COLUMNS = ["User-ID", "ISBN", "Book-Rating"]
@@ -40,6 +42,7 @@ class Interaction:
     isbn: str
     rating: int
     created_at: datetime
+    request_id: str | None = None
 
 
 class FeedbackStore:
@@ -47,17 +50,30 @@ class FeedbackStore:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(url, pool_pre_ping=True)
+        from pipeline.storage import impressions  # noqa: F401  (its tables live in this database too)
+
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A store created by an earlier version lacks `interactions.request_id`: add it (nullable)."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns("interactions")}
+        if "request_id" not in present:
+            with self.engine.begin() as connection:
+                connection.execute(sa.text("ALTER TABLE interactions ADD COLUMN request_id VARCHAR(32)"))
 
     @classmethod
     def for_root(cls, root: Path) -> FeedbackStore:
         return cls(feedback_url(root))
 
-    def add(self, user_id: str, isbn: str, rating: int) -> Interaction:
-        """Store one interaction (0 = read without rating, 1..10 explicit) and return it once committed."""
+    def add(self, user_id: str, isbn: str, rating: int, request_id: str | None = None) -> Interaction:
+        """Store one interaction (0 = read without rating, 1..10 explicit) and return it once committed;
+        `request_id` names the served list it came from, if any."""
         if not 0 <= int(rating) <= 10:
             raise ValueError(f"rating must be between 0 and 10, not {rating}")
-        row = Interaction(str(user_id).strip(), str(isbn).strip().upper(), int(rating), datetime.now(UTC))
+        row = Interaction(
+            str(user_id).strip(), str(isbn).strip().upper(), int(rating), datetime.now(UTC), request_id
+        )
         with self.engine.begin() as connection:
             connection.execute(interactions.insert().values(**row.__dict__))
         return row
@@ -69,7 +85,10 @@ class FeedbackStore:
             .order_by(interactions.c.id)
         )
         with self.engine.connect() as connection:
-            return [Interaction(r.user_id, r.isbn, r.rating, r.created_at) for r in connection.execute(query)]
+            return [
+                Interaction(r.user_id, r.isbn, r.rating, r.created_at, r.request_id)
+                for r in connection.execute(query)
+            ]
 
     def latest_ratings(self, user_id: str) -> dict[str, int]:
         """ISBN -> the reader's latest rating of it (0 = read without rating), from one query. What
@@ -79,6 +98,18 @@ class FeedbackStore:
     def count(self) -> int:
         with self.engine.connect() as connection:
             return int(connection.execute(sa.select(sa.func.count()).select_from(interactions)).scalar_one())
+
+    def frame(self, since: datetime | None = None) -> pd.DataFrame:
+        """Every stored interaction since `since`: user_id, isbn, rating, created_at, request_id."""
+        query = sa.select(interactions).order_by(interactions.c.id)
+        if since is not None:
+            query = query.where(interactions.c.created_at >= since)
+        with self.engine.connect() as connection:
+            frame = pd.DataFrame(
+                connection.execute(query).mappings().all(), columns=list(interactions.c.keys())
+            )
+        frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+        return frame.drop(columns="id")
 
     def export(self) -> pd.DataFrame:
         """Every stored interaction in the raw ratings layout (the latest rating per reader and book)."""

@@ -35,8 +35,9 @@ def test_core_subpackages_import_no_io_framework(package):
         assert "open(" not in text and "read_parquet" not in text and "to_parquet" not in text, path.name
 
 
-def test_ranking_is_pure_too():
-    assert not imports_of(REPO_ROOT / "pipeline" / "ranking.py") & set(FORBIDDEN_IN_CORE)
+@pytest.mark.parametrize("module", ["ranking.py", "online.py"])
+def test_ranking_and_online_metrics_are_pure_too(module):
+    assert not imports_of(REPO_ROOT / "pipeline" / module) & set(FORBIDDEN_IN_CORE)
 
 
 def test_serving_loads_no_ingestion_training_or_evaluation_code():

@@ -1,0 +1,220 @@
+"""What readers were shown, and the platform's run-time rules: impressions, unavailable books and the
+run-time experiment setting, in the feedback store's database (SQLite by default, Postgres in compose).
+
+`ImpressionLog` takes impressions off the request's hot path: `log` puts one on a bounded queue and
+returns at once; a writer thread inserts them in batches. A full queue drops the impression and
+counts it: logging never slows or fails a request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pandas as pd
+import sqlalchemy as sa
+
+from pipeline.storage.feedback import FeedbackStore, metadata
+
+log = logging.getLogger("bookrec.impressions")
+
+impressions = sa.Table(
+    "impressions",
+    metadata,
+    sa.Column("request_id", sa.String(32), primary_key=True),
+    sa.Column("user_id", sa.String(32), nullable=False, index=True),
+    sa.Column("model_version", sa.String(16), nullable=False),
+    sa.Column("arm", sa.String(16), nullable=False),  # production, challenger
+    sa.Column("shown", sa.Boolean, nullable=False),  # False: a shadow list, scored and logged only
+    sa.Column("surface", sa.String(16), nullable=False),  # recommendations, similar, new_reader
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
+impression_books = sa.Table(
+    "impression_books",
+    metadata,
+    sa.Column("request_id", sa.String(32), primary_key=True),
+    sa.Column("position", sa.SmallInteger, primary_key=True),  # 1 = top of the list
+    sa.Column("isbn", sa.String(32), nullable=False),
+)
+unavailable_books = sa.Table(
+    "unavailable_books",
+    metadata,
+    sa.Column("isbn", sa.String(32), primary_key=True),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("since", sa.DateTime(timezone=True), nullable=False),
+)
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+EXPERIMENT_KEY = "serve.experiment"
+
+
+@dataclass(frozen=True)
+class Impression:
+    request_id: str
+    user_id: str
+    model_version: str
+    arm: str
+    shown: bool
+    surface: str
+    isbns: tuple[str, ...]
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def write_impressions(store: FeedbackStore, batch: list[Impression]) -> None:
+    """Insert a batch of impressions and their books in one transaction."""
+    heads = [
+        {
+            k: getattr(i, k)
+            for k in ("request_id", "user_id", "model_version", "arm", "shown", "surface", "created_at")
+        }
+        for i in batch
+    ]
+    books = [
+        {"request_id": i.request_id, "position": position, "isbn": isbn}
+        for i in batch
+        for position, isbn in enumerate(i.isbns, start=1)
+    ]
+    with store.engine.begin() as connection:
+        connection.execute(impressions.insert(), heads)
+        if books:
+            connection.execute(impression_books.insert(), books)
+
+
+class ImpressionLog:
+    """A bounded queue of impressions and the thread that writes them; counts what it drops."""
+
+    def __init__(
+        self,
+        write: Callable[[list[Impression]], None],
+        capacity: int = 10_000,
+        batch_size: int = 500,
+        on_drop: Callable[[], None] = lambda: None,
+    ):
+        self._write, self._batch_size, self._on_drop = write, batch_size, on_drop
+        self._queue: queue.Queue[Impression | None] = queue.Queue(maxsize=capacity)
+        self.logged = self.dropped = self.written = self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="impression-writer", daemon=True)
+        self._thread.start()
+
+    def log(self, impression: Impression) -> bool:
+        """Queue one impression; False (and counted) if the queue is full. Never blocks."""
+        try:
+            self._queue.put_nowait(impression)
+        except queue.Full:
+            self.dropped += 1
+            self._on_drop()
+            return False
+        self.logged += 1
+        return True
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued so far is written (tests, shutdown)."""
+        done = threading.Event()
+        threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
+        done.wait(timeout)
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                self._queue.task_done()
+                return
+            batch = [first]
+            while len(batch) < self._batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:  # close() after this batch
+                    self._queue.put(None)
+                    self._queue.task_done()
+                    break
+                batch.append(item)
+            try:
+                self._write(batch)
+                self.written += len(batch)
+            except Exception:  # the database is down: these impressions are lost, and counted
+                self.failed += len(batch)
+                log.exception("could not write %d impressions", len(batch))
+            for _ in batch:
+                self._queue.task_done()
+
+
+def impressions_frame(store: FeedbackStore, since: datetime | None = None) -> pd.DataFrame:
+    """Impressions (one row per list) since `since`: request_id, user_id, model_version, arm, shown,
+    surface, created_at."""
+    query = sa.select(impressions)
+    if since is not None:
+        query = query.where(impressions.c.created_at >= since)
+    with store.engine.connect() as connection:
+        frame = pd.DataFrame(connection.execute(query).mappings().all(), columns=list(impressions.c.keys()))
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    return frame
+
+
+def impression_books_frame(store: FeedbackStore, request_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """The books of impressions: request_id, position, isbn."""
+    query = sa.select(impression_books)
+    if request_ids is not None:
+        query = query.where(impression_books.c.request_id.in_(list(request_ids)))
+    with store.engine.connect() as connection:
+        return pd.DataFrame(
+            connection.execute(query).mappings().all(), columns=list(impression_books.c.keys())
+        )
+
+
+def set_unavailable(store: FeedbackStore, isbns: Iterable[str], reason: str) -> int:
+    """Mark books unavailable (never served) until `set_available`; the number newly marked."""
+    now = datetime.now(UTC)
+    added = 0
+    with store.engine.begin() as connection:
+        known = set(connection.execute(sa.select(unavailable_books.c.isbn)).scalars())
+        for isbn in {str(i).strip().upper() for i in isbns} - known:
+            connection.execute(unavailable_books.insert().values(isbn=isbn, reason=reason[:200], since=now))
+            added += 1
+    return added
+
+
+def set_available(store: FeedbackStore, isbns: Iterable[str]) -> int:
+    wanted = [str(i).strip().upper() for i in isbns]
+    with store.engine.begin() as connection:
+        return connection.execute(
+            unavailable_books.delete().where(unavailable_books.c.isbn.in_(wanted))
+        ).rowcount
+
+
+def unavailable(store: FeedbackStore) -> dict[str, str]:
+    """ISBN -> why it is unavailable."""
+    with store.engine.connect() as connection:
+        return dict(connection.execute(sa.select(unavailable_books.c.isbn, unavailable_books.c.reason)).all())
+
+
+def read_setting(store: FeedbackStore, key: str) -> dict | None:
+    with store.engine.connect() as connection:
+        value = connection.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar()
+    return None if value is None else json.loads(value)
+
+
+def write_setting(store: FeedbackStore, key: str, value: dict | None) -> None:
+    """Store (or, with None, clear) a run-time setting that overrides params.yaml for every service."""
+    with store.engine.begin() as connection:
+        connection.execute(settings.delete().where(settings.c.key == key))
+        if value is not None:
+            connection.execute(
+                settings.insert().values(key=key, value=json.dumps(value), updated_at=datetime.now(UTC))
+            )
