@@ -11,7 +11,8 @@ pages = [
     st.Page("pages/reader.py", title="For a reader", icon=":material/person:", default=True),
     st.Page("pages/similar.py", title="Similar books", icon=":material/search:"),
     st.Page("pages/new_reader.py", title="New reader", icon=":material/person_add:"),
-    st.Page("pages/models.py", title="Models", icon=":material/monitoring:"),
+    st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
+    st.Page("pages/monitoring.py", title="Monitoring", icon=":material/monitoring:"),
 ]
 
 with st.sidebar:

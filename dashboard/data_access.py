@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from pipeline.config import load_params
 from pipeline.ops import registry, tracking
-from pipeline.serving.holder import ModelHolder, ServingStatus, registry_holder
+from pipeline.serving.experiment import OnlineLoop
+from pipeline.serving.holder import ModelHolder, Served, ServingStatus, registry_holder
 from pipeline.serving.service import BookRecommender
 from pipeline.storage.feedback import FeedbackStore
 
@@ -86,6 +88,44 @@ def feedback_store() -> FeedbackStore:
     from pipeline.storage.feedback import feedback_url
 
     return _feedback_store(feedback_url(root()))
+
+
+@st.cache_resource
+def _online(url: str) -> OnlineLoop:
+    """The dashboard's share of the online loop: its lists are logged as impressions and obey the
+    run-time rules (unavailable books) like the API's. It always serves production."""
+    loop = OnlineLoop.create(_feedback_store(url), load_params(root()).serve)
+    loop.rules.refresh()
+    loop.rules.start()
+    return loop
+
+
+def online() -> OnlineLoop:
+    from pipeline.storage.feedback import feedback_url
+
+    return _online(feedback_url(root()))
+
+
+def log_list(model: BookRecommender, user_id: str, surface: str, isbns) -> str:
+    """Log a list the dashboard shows; its request id, for the feedback it leads to."""
+    served = Served(current()[0].version, model)
+    return online().log(
+        served, user_id, "production", True, surface, model.item_indices(list(isbns), strict=False)
+    )
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _online_report(url: str, version: str, days: float):
+    from pipeline.serving.monitoring import online_report
+
+    _, model = current()
+    return online_report(_feedback_store(url), model, online().window, days=days, surface=None)
+
+
+def online_report(days: float = 30):
+    from pipeline.storage.feedback import feedback_url
+
+    return _online_report(feedback_url(root()), current()[0].version, days)
 
 
 @st.cache_data(ttl=15, show_spinner=False)

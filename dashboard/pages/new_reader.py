@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 from cards import cards_from, grid_html
-from data_access import model_or_stop
+from data_access import log_list, model_or_stop, online
 
 from pipeline.serving.service import Reader
 
@@ -23,7 +23,8 @@ reader = Reader(
     location=location or None,
     liked_isbns=tuple(options[label] for label in liked),
 )
-recommendations = model.recommend_new_reader(reader, k)
+recommendations = model.recommend_new_reader(reader, k, blocked=online().blocked)
+log_list(model, "<new reader>", "new_reader", recommendations["isbn"])
 books = model.books(model.item_indices(recommendations["isbn"]))
 st.subheader(f"Top {k} for a {age}-year-old reader in {location or 'an unknown place'}")
 st.html(grid_html(cards_from(books, [f"score {s:.3f}" for s in recommendations["score"]])))

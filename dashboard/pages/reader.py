@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 from cards import cards_from, grid_html
-from data_access import feedback_store, model_or_stop
+from data_access import feedback_store, log_list, model_or_stop, online
 
 info, model = model_or_stop()
 st.header("Recommendations for a reader")
@@ -43,8 +43,16 @@ with st.expander(f"Books read ({len(read)} known to the model, {len(live)} since
     st.html(grid_html(cards_from(shown)))
 
 recommendations = model.recommend(
-    [user_id], k, extra_reads={user_id: liked_live}, extra_excluded={user_id: live}
+    [user_id],
+    k,
+    extra_reads={user_id: liked_live},
+    extra_excluded={user_id: live},
+    blocked={user_id: online().blocked},
 )
+shown_list = (user_id, k, tuple(recommendations["isbn"]))
+if st.session_state.get("shown_list") != shown_list:  # a rerun that shows the same list is one impression
+    st.session_state["shown_list"] = shown_list
+    st.session_state["request_id"] = log_list(model, user_id, "dashboard", recommendations["isbn"])
 books = model.books(model.item_indices(recommendations["isbn"]))
 reasons = []
 for isbn, score in zip(recommendations["isbn"], recommendations["score"], strict=True):
@@ -60,5 +68,6 @@ with st.form("feedback", clear_on_submit=True):
     choice = st.selectbox("Book", list(options))
     rating = st.select_slider("Rating", options=["read, no rating", *range(1, 11)], value="read, no rating")
     if st.form_submit_button("I read this"):
-        store.add(user_id, options[choice], 0 if rating == "read, no rating" else int(rating))
+        value = 0 if rating == "read, no rating" else int(rating)
+        store.add(user_id, options[choice], value, st.session_state.get("request_id"))
         st.rerun()

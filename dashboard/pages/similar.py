@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 from cards import cards_from, grid_html
-from data_access import model_or_stop
+from data_access import log_list, model_or_stop, online
 
 info, model = model_or_stop()
 st.header("Books similar to a book")
@@ -25,7 +25,8 @@ labels = {
 chosen = st.selectbox(f"{len(found)} matching books", list(labels))
 isbn = labels[chosen]
 st.html(grid_html(cards_from(model.books(model.item_indices([isbn])))))
-similar = model.similar_books([isbn], k)
+similar = model.similar_books([isbn], k, blocked=online().blocked)
+log_list(model, "<similar>", "similar", similar["similar_isbn"])
 books = model.books(model.item_indices(similar["similar_isbn"]))
 st.subheader("Nearest books")
 st.html(grid_html(cards_from(books, [f"similarity {s:.3f}" for s in similar["score"]])))

@@ -16,10 +16,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -40,12 +38,11 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.config import ServeParams, load_params
 from pipeline.serving.batching import RankBatcher
-from pipeline.serving.experiment import RuntimeRules, arm_of
+from pipeline.serving.experiment import OnlineLoop
 from pipeline.serving.holder import ModelHolder, Served, challenger_holder, registry_holder
 from pipeline.serving.service import MAX_K, Reader
 from pipeline.storage import impressions as impressions_store
 from pipeline.storage.feedback import FeedbackStore
-from pipeline.storage.impressions import Impression, ImpressionLog
 
 log = logging.getLogger("bookrec.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -342,42 +339,6 @@ def _ops_routes(
     return router
 
 
-@dataclass
-class OnlineLoop:
-    """What the API needs to learn from its lists: the challenger, the run-time rules (experiment,
-    unavailable books), the impression log, and the attribution window."""
-
-    challenger: ModelHolder | None
-    rules: RuntimeRules
-    impressions: ImpressionLog
-    window: timedelta
-
-    def serving_for(self, holder: ModelHolder, user_id: str) -> tuple[Served, str]:
-        """The model and arm for a reader: the challenger in its A/B arm when it is loaded."""
-        challenger = None if self.challenger is None else self.challenger.current
-        if challenger is not None and arm_of(user_id, self.rules.current.experiment) == "challenger":
-            return challenger, "challenger"
-        return _serving(holder), "production"
-
-    def shadow(self, holder: ModelHolder) -> Served | None:
-        """The challenger, when it scores every request in shadow mode (and is not production)."""
-        if self.rules.current.experiment.mode != "shadow" or self.challenger is None:
-            return None
-        shadow = self.challenger.current
-        production = holder.current
-        return (
-            shadow
-            if shadow is not None and (production is None or shadow.version != production.version)
-            else None
-        )
-
-    def log(self, model: Served, user_id: str, arm: str, shown: bool, surface: str, ids) -> str:
-        request_id = uuid.uuid4().hex
-        isbns = tuple(model.recommender.isbns[int(i)] for i in ids if i >= 0)
-        self.impressions.log(Impression(request_id, user_id, model.version, arm, shown, surface, isbns))
-        return request_id
-
-
 def _split_isbns(values: list[str]) -> tuple[str, ...]:
     return tuple(part.strip().upper() for value in values for part in value.split(",") if part.strip())
 
@@ -397,10 +358,11 @@ def _read_routes(
     ) -> dict:
         """Top-k books for a reader; a reader the model has never seen gets the cold-start answer.
         Never a book the reader knows, an `exclude`d book or one marked unavailable."""
-        model, arm = online.serving_for(holder, user_id)
+        challenger, arm = online.arm_for(user_id)
+        model = challenger or _serving(holder)
         # The feedback store is a synchronous database: query it on a worker thread, never on the loop.
         read, liked = await run_in_threadpool(model.recommender.live_history, feedback, user_id)
-        blocked = (*_split_isbns(exclude), *online.rules.current.unavailable)
+        blocked = (*_split_isbns(exclude), *online.blocked)
         request = {"extra_reads": liked, "extra_excluded": read, "blocked": blocked}
         ids, scores = await batcher.rank(
             model.recommender, user_id, k, rules=_rules(model, max_per_author), **request
@@ -422,7 +384,7 @@ def _read_routes(
         """Top-k books for someone new, from age, location and a few liked books (no retraining)."""
         model = _serving(holder)
         new = Reader(age=reader.age, location=reader.location, liked_isbns=tuple(reader.liked_isbns))
-        blocked = tuple(online.rules.current.unavailable)
+        blocked = online.blocked
         ids, scores = await batcher.rank(
             model.recommender, "<new reader>", reader.k, reader=new, blocked=blocked
         )
@@ -444,7 +406,7 @@ def _read_routes(
         """The books most similar to one book: never another edition of it, one edition per work."""
         model = _serving(holder)
         query = _book_index(model, isbn)
-        blocked = (*_split_isbns(exclude), *online.rules.current.unavailable)
+        blocked = (*_split_isbns(exclude), *online.blocked)
         ids, scores = model.recommender.rank_similar(query, k, _rules(model, max_per_author), blocked)
         return {
             "request_id": online.log(model, "<similar>", "production", True, "similar", ids[0]),
@@ -553,7 +515,14 @@ def create_app(
     with the `challenger` for A/B and shadow serving."""
     instruments = Instruments.create()
     serve = serve or load_params().serve
-    online = _online_loop(feedback, challenger, serve, instruments)
+
+    def count(batch) -> None:
+        for impression in batch:
+            instruments.impressions.labels(impression.arm, str(impression.shown).lower()).inc()
+
+    online = OnlineLoop.create(
+        feedback, serve, challenger, on_written=count, on_drop=instruments.impressions_dropped.inc
+    )
     batcher = RankBatcher(observe_batch_size=instruments.batch_sizes.observe)
     app = FastAPI(
         title="bookrec API",
@@ -569,31 +538,6 @@ def create_app(
     ):
         app.include_router(router)
     return app
-
-
-def _online_loop(
-    feedback: FeedbackStore, challenger: ModelHolder | None, serve: ServeParams, instruments: Instruments
-) -> OnlineLoop:
-    def follow_experiment(snapshot) -> None:
-        # The challenger is loaded only while an experiment uses it.
-        if challenger is None:
-            return
-        if snapshot.experiment.mode == "off":
-            challenger.clear()
-        else:
-            challenger.refresh()
-
-    def write(batch):
-        impressions_store.write_impressions(feedback, batch)
-        for impression in batch:
-            instruments.impressions.labels(impression.arm, str(impression.shown).lower()).inc()
-
-    return OnlineLoop(
-        challenger,
-        RuntimeRules(feedback, serve.experiment, serve.rules_refresh_seconds, follow_experiment),
-        ImpressionLog(write, serve.impression_queue, on_drop=instruments.impressions_dropped.inc),
-        timedelta(hours=serve.attribution_hours),
-    )
 
 
 def build_app(root: Path, poll_seconds: float = 10.0) -> FastAPI:

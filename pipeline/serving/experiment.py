@@ -16,10 +16,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
-from pipeline.config import ExperimentParams
+from pipeline.config import ExperimentParams, ServeParams
+from pipeline.serving.holder import ModelHolder, Served
+from pipeline.storage import impressions as impressions_store
+from pipeline.storage.feedback import FeedbackStore
+from pipeline.storage.impressions import Impression, ImpressionLog
 
 log = logging.getLogger("bookrec.serving")
 ARMS = ("production", "challenger")
@@ -57,11 +63,9 @@ class RuntimeRules:
         self._thread: threading.Thread | None = None
 
     def refresh(self) -> RulesSnapshot:
-        from pipeline.storage import impressions as store
-
-        override = store.read_setting(self.store, store.EXPERIMENT_KEY)
+        override = impressions_store.read_setting(self.store, impressions_store.EXPERIMENT_KEY)
         experiment = self.default if override is None else ExperimentParams(**override)
-        self.current = RulesSnapshot(experiment, frozenset(store.unavailable(self.store)))
+        self.current = RulesSnapshot(experiment, frozenset(impressions_store.unavailable(self.store)))
         self.after_refresh(self.current)
         return self.current
 
@@ -78,3 +82,76 @@ class RuntimeRules:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+@dataclass
+class OnlineLoop:
+    """What a service (the API, the dashboard) needs to learn from its lists: the challenger, the
+    run-time rules (experiment, unavailable books), the impression log, the attribution window."""
+
+    challenger: ModelHolder | None
+    rules: RuntimeRules
+    impressions: ImpressionLog
+    window: timedelta
+
+    @classmethod
+    def create(
+        cls,
+        feedback: FeedbackStore,
+        serve: ServeParams,
+        challenger: ModelHolder | None = None,
+        on_written: Callable[[list[Impression]], None] = lambda batch: None,
+        on_drop: Callable[[], None] = lambda: None,
+    ) -> OnlineLoop:
+        """The loop of one service: impressions written to `feedback`'s database, rules reread every
+        `serve.rules_refresh_seconds`, the challenger loaded only while an experiment uses it."""
+
+        def follow_experiment(snapshot: RulesSnapshot) -> None:
+            if challenger is None:
+                return
+            if snapshot.experiment.mode == "off":
+                challenger.clear()
+            else:
+                challenger.refresh()
+
+        def write(batch: list[Impression]) -> None:
+            impressions_store.write_impressions(feedback, batch)
+            on_written(batch)
+
+        return cls(
+            challenger,
+            RuntimeRules(feedback, serve.experiment, serve.rules_refresh_seconds, follow_experiment),
+            ImpressionLog(write, serve.impression_queue, on_drop=on_drop),
+            timedelta(hours=serve.attribution_hours),
+        )
+
+    def arm_for(self, user_id: str) -> tuple[Served | None, str]:
+        """The challenger and its arm for a reader in the challenger's A/B arm, else (None, production)."""
+        challenger = None if self.challenger is None else self.challenger.current
+        if challenger is not None and arm_of(user_id, self.rules.current.experiment) == "challenger":
+            return challenger, "challenger"
+        return None, "production"
+
+    @property
+    def blocked(self) -> tuple[str, ...]:
+        """ISBNs no list may hold right now (marked unavailable)."""
+        return tuple(self.rules.current.unavailable)
+
+    def shadow(self, holder: ModelHolder) -> Served | None:
+        """The challenger, when it scores every request in shadow mode (and is not production)."""
+        if self.rules.current.experiment.mode != "shadow" or self.challenger is None:
+            return None
+        shadow = self.challenger.current
+        production = holder.current
+        return (
+            shadow
+            if shadow is not None and (production is None or shadow.version != production.version)
+            else None
+        )
+
+    def log(self, model: Served, user_id: str, arm: str, shown: bool, surface: str, ids) -> str:
+        """Queue the impression of one list (item indices of `model`); its new request id."""
+        request_id = uuid.uuid4().hex
+        isbns = tuple(model.recommender.isbns[int(i)] for i in ids if i >= 0)
+        self.impressions.log(Impression(request_id, user_id, model.version, arm, shown, surface, isbns))
+        return request_id

@@ -235,6 +235,7 @@ class BookRecommender:
         extra_reads: Mapping[str, Iterable[str]] | None = None,
         extra_excluded: Mapping[str, Iterable[str]] | None = None,
         rules: ListRules | None = None,
+        blocked: Mapping[str, Iterable[str]] | None = None,
     ) -> pd.DataFrame:
         """Top-k books per reader, one row per recommendation: user_id, rank, isbn, score.
 
@@ -243,7 +244,7 @@ class BookRecommender:
         never recommended, nor any other edition of them. Unknown readers get the cold-start path from
         `readers[user_id]` (age, location, liked books), or from nothing at all.
         """
-        ids, best = self.rank(user_ids, k, exclude, readers, extra_reads, extra_excluded, rules)
+        ids, best = self.rank(user_ids, k, exclude, readers, extra_reads, extra_excluded, rules, blocked)
         return self._frame("user_id", [str(u).strip() for u in user_ids], ids, best, "isbn")
 
     def rank(
@@ -321,14 +322,17 @@ class BookRecommender:
             if item >= 0
         ]
 
-    def recommend_new_reader(self, reader: Reader, k: int = 10) -> pd.DataFrame:
-        return self.recommend(["<new reader>"], k, readers={"<new reader>": reader}).drop(columns="user_id")
+    def recommend_new_reader(self, reader: Reader, k: int = 10, blocked: Iterable[str] = ()) -> pd.DataFrame:
+        new = "<new reader>"
+        return self.recommend([new], k, readers={new: reader}, blocked={new: blocked}).drop(columns="user_id")
 
-    def similar_books(self, isbns: list[str], k: int = 10, rules: ListRules | None = None) -> pd.DataFrame:
+    def similar_books(
+        self, isbns: list[str], k: int = 10, rules: ListRules | None = None, blocked: Iterable[str] = ()
+    ) -> pd.DataFrame:
         """Nearest books by cosine similarity of the model's item vectors: isbn, rank, similar_isbn, score."""
         k = self.validate_k(k)
         queries = self.item_indices(isbns)
-        ids, best = self.rank_similar(queries, k, rules)
+        ids, best = self.rank_similar(queries, k, rules, blocked)
         return self._frame("isbn", [str(i).strip().upper() for i in isbns], ids, best, "similar_isbn")
 
     def rank_similar(

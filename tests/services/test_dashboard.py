@@ -105,6 +105,62 @@ def test_reader_page_unknown_user_and_live_feedback(app, trained_project):
     assert f'data-isbn="{stored[0]}"' in before.split("Top 10")[-1]
     assert f'data-isbn="{stored[0]}"' not in after.split("Top 10")[-1]  # reflected at once
     assert first_choice
+    # the feedback names the list it was chosen from, and that list was logged as an impression
+    from pipeline.storage import impressions
+
+    (interaction,) = FeedbackStore.for_root(trained_project).for_user(example)
+    assert interaction.request_id is not None
+    books = _wait(
+        lambda: impressions.impression_books_frame(
+            FeedbackStore.for_root(trained_project), [interaction.request_id]
+        )
+    )
+    assert interaction.isbn in set(books["isbn"]) and len(books) == 10
+
+
+def _wait(read, seconds: float = 10.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if len(found := read()):
+            return found
+        time.sleep(0.2)
+    raise AssertionError("nothing written in time")
+
+
+def _listed(app) -> str:
+    """The recommendations' grid (the page's last html element; the books read come before it)."""
+    return app.get("html")[-1].proto.body
+
+
+def test_unavailable_books_leave_the_dashboard_lists_within_seconds(app, trained_project):
+    from pipeline.storage import impressions
+    from pipeline.storage.feedback import FeedbackStore
+
+    example = app.selectbox[0].options[3]
+    app.selectbox[0].select(example).run()
+    top = _listed(app).split('data-isbn="')[1].split('"')[0]
+    store = FeedbackStore.for_root(trained_project)
+    impressions.set_unavailable(store, [top], "out of print")
+    try:
+        time.sleep(3)  # serve.rules_refresh_seconds is 2
+        app.run()
+        assert not app.exception, app.exception
+        listed = _listed(app)
+        assert f'data-isbn="{top}"' not in listed and listed.count('class="bookrec-card"') == 10
+    finally:
+        impressions.set_available(store, [top])
+
+
+def test_monitoring_page_shows_the_served_lists(app):
+    example = app.selectbox[0].options[1]
+    app.selectbox[0].select(example).run()
+    time.sleep(1)  # the impression writer runs in the background
+    app.switch_page("pages/monitoring.py").run()
+    assert not app.exception, app.exception
+    assert any("Online metrics" in h.value for h in app.header)
+    table = app.dataframe[0].value
+    assert "production" in set(table["arm"]) and (table["impressions"] > 0).all()
+    assert len(app.get("vega_lite_chart")) == 3
 
 
 def test_similar_books_page(app):
@@ -272,6 +328,11 @@ def test_browser_renders_recommendations_and_similar_books(trained_project, tmp_
                 10, timeout=30_000
             )
             page.screenshot(path=str(shots / "similar.png"), full_page=True)
+
+            page.goto(f"http://127.0.0.1:{port}/monitoring", wait_until="domcontentloaded")
+            page.get_by_text("Click-through rate per day").wait_for(timeout=60_000)
+            expect(page.locator("[data-testid='stVegaLiteChart']")).to_have_count(3, timeout=30_000)
+            page.screenshot(path=str(shots / "monitoring.png"), full_page=True)
             browser.close()
         assert (shots / "reader.png").stat().st_size > 10_000
     finally:

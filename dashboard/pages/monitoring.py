@@ -1,0 +1,85 @@
+"""Monitoring: what readers did with the lists they were shown, per model version and arm, over time."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+from data_access import model_or_stop, online, online_report
+
+info, model = model_or_stop()
+st.header("Online metrics")
+days = st.slider("Days", 1, 90, 30)
+report = online_report(days)
+experiment = online().rules.current.experiment
+st.caption(
+    f"{report.impressions} lists served in the last {days} days (API and dashboard), {report.clicks} of "
+    f"their books read or rated since. Experiment: **{experiment.mode}**"
+    + (
+        f", challenger share {experiment.challenger_share:.0%}, salt `{experiment.salt}`"
+        if experiment.mode == "ab"
+        else ""
+    )
+    + ". Feedback counts for a list when it names the list's request id, or when the book was in the latest "
+    "list shown to that reader within the attribution window."
+)
+if report.by_day.empty:
+    st.info("No list has been served yet: ask the API or the other pages for recommendations.")
+    st.stop()
+
+by_day = report.by_day.assign(
+    series=lambda f: "v" + f["model_version"].astype(str) + " " + f["arm"],
+    day=lambda f: pd.to_datetime(f["day"]),
+)
+base = alt.Chart(by_day).encode(
+    x=alt.X("day:T", title="day"), color=alt.Color("series:N", title="version, arm")
+)
+ctr = base.mark_line(point=True).encode(
+    y=alt.Y("ctr:Q", title="click-through rate"), tooltip=["series", "day", "ctr", "shown"]
+)
+band = base.mark_area(opacity=0.2).encode(y="ctr_low:Q", y2="ctr_high:Q")
+st.subheader("Click-through rate per day (95% interval)")
+st.altair_chart(band + ctr, width="stretch")
+
+left, right = st.columns(2)
+left.subheader("Catalog coverage of served lists")
+left.altair_chart(base.mark_line(point=True).encode(y=alt.Y("coverage:Q", title="coverage")), width="stretch")
+right.subheader("Share of long-tail books served")
+right.altair_chart(
+    base.mark_line(point=True).encode(y=alt.Y("long_tail_share:Q", title="long-tail share")), width="stretch"
+)
+
+st.subheader("Per version and arm")
+shown = report.by_version.copy()
+for metric in ("ctr", "positive_rate", "mrr"):
+    shown[metric] = [
+        f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(v) else "n/a (shadow)"
+        for v, lo, hi in zip(shown[metric], shown[f"{metric}_low"], shown[f"{metric}_high"], strict=True)
+    ]
+columns = [
+    "model_version",
+    "arm",
+    "impressions",
+    "shown",
+    "ctr",
+    "positive_rate",
+    "mrr",
+    "coverage",
+    "long_tail_share",
+]
+st.dataframe(shown[columns], hide_index=True, width="stretch")
+
+st.subheader("Challenger against production")
+for label, comparison in (
+    ("Click-through", report.comparison),
+    ("Positive rate", report.comparison_positive),
+):
+    arms = comparison["arms"]
+    if not arms["production"]["n"] or not arms["challenger"]["n"]:
+        st.caption(f"{label}: no A/B traffic in both arms in this period.")
+        continue
+    st.markdown(
+        f"{label}: challenger {arms['challenger']['rate']:.4f} (n={arms['challenger']['n']}) − production "
+        f"{arms['production']['rate']:.4f} (n={arms['production']['n']}) = **{comparison['difference']:+.4f}** "
+        f"[{comparison['low']:+.4f}, {comparison['high']:+.4f}]"
+    )
