@@ -11,6 +11,7 @@ from pipeline.config import Params, Workspace
 from pipeline.stages import evaluation_data
 
 if TYPE_CHECKING:
+    from pipeline.ops.gate import OnlineEvidence
     from pipeline.ops.versioning import Experiment
 
 # What the pyfunc imports (tests/code/test_layout.py checks that serving loads no ingestion,
@@ -109,8 +110,13 @@ def register_model(ws: Workspace, params: Params, experiment: Experiment | None 
     return {"version": str(version.version), "created": created, "run_id": run.run_id}
 
 
-def gate_and_promote(ws: Workspace, params: Params, version: str, promote: bool = True) -> dict:
-    """Run the promotion gate for `version`; move `production` to it only if every check passed."""
+def gate_and_promote(
+    ws: Workspace, params: Params, version: str, promote: bool = True, online: OnlineEvidence | None = None
+) -> dict:
+    """Run the promotion gate for `version` (with an experiment's `online` evidence, if any); move
+    `production` to it only if every check passed."""
+    from dataclasses import replace
+
     from pipeline.ops import registry, tracking
     from pipeline.ops.gate import GateThresholds, decide
 
@@ -126,7 +132,7 @@ def gate_and_promote(ws: Workspace, params: Params, version: str, promote: bool 
     ):
         # Another data version, the same split rule: production is measured on this test split.
         production_ndcg = _production_on_split(ws, params, str(production.version))
-    inputs = registry.gate_inputs(candidate, production, production_ndcg)
+    inputs = replace(registry.gate_inputs(candidate, production, production_ndcg), online=online)
     decision = decide(inputs, GateThresholds(**params.gate.model_dump()))
     registry.record_decision(client, decision)
     aliases = {"production": None if production is None else str(production.version)}

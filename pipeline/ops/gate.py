@@ -7,7 +7,10 @@ A challenger passes only if every rule holds; a missing input fails its rule, it
 3. against a production version: both were split by the same rule (the same split fingerprint), so
    no test interaction of the challenger's split was in production's training data, and the
    challenger's NDCG@10 is at least production's NDCG@10 on the challenger's test split minus
-   `ndcg_tolerance` (a tie passes).
+   `ndcg_tolerance` (a tie passes);
+4. when it comes out of an online experiment (`bookrec experiment promote`): it is not significantly
+   worse than production on live traffic (the 95% interval of its click-through minus production's
+   reaches zero or above) and each arm served at least `MIN_ONLINE_LISTS` lists.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 FLOORS = ("coverage@10", "personalization@10", "novelty_normalised@10")
+MIN_ONLINE_LISTS = 30
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,25 @@ class Production:
 
 
 @dataclass(frozen=True)
+class OnlineEvidence:
+    """An A/B experiment's result: challenger minus production click-through, its 95% interval, and
+    the lists each arm served."""
+
+    difference: float
+    low: float
+    high: float
+    challenger_lists: int
+    production_lists: int
+
+
+@dataclass(frozen=True)
 class GateInputs:
     version: str
     metrics: dict[str, float | None]  # the challenger's test metrics (ndcg@10 and the FLOORS)
     split_fingerprint: str | None
     popularity_ndcg: float | None
     production: Production | None = None
+    online: OnlineEvidence | None = None  # only for a promotion out of an experiment
 
 
 @dataclass
@@ -91,7 +108,23 @@ def decide(inputs: GateInputs, thresholds: GateThresholds) -> GateDecision:
     else:
         decision.compared_with = production.version
         _against_production(decision, ndcg, inputs.split_fingerprint, production, thresholds.ndcg_tolerance)
+    if inputs.online is not None:
+        _online(decision, inputs.online)
     return decision
+
+
+def _online(decision: GateDecision, online: OnlineEvidence) -> None:
+    lists = min(online.challenger_lists, online.production_lists)
+    decision.check(
+        lists >= MIN_ONLINE_LISTS,
+        f"each arm served at least {MIN_ONLINE_LISTS} lists (challenger {online.challenger_lists}, "
+        f"production {online.production_lists})",
+    )
+    decision.check(
+        online.high == online.high and online.high >= 0,  # NaN (no traffic) fails
+        f"online click-through difference {online.difference:+.4f} [{online.low:+.4f}, {online.high:+.4f}] "
+        "is not significantly below zero",
+    )
 
 
 def _against_production(

@@ -56,6 +56,12 @@ EXCLUDE = Query(
     max_length=50,
     description="ISBNs never to list in this answer (repeat the parameter, or comma-separate)",
 )
+HISTORY = Query(
+    "all",
+    pattern="^(all|train)$",
+    description="all: everything the reader is known to have read (serving). train: the evaluation "
+    "protocol's history and exclusions, as `bookrec evaluate` ranks (replays such as `bookrec simulate`)",
+)
 MAX_PER_AUTHOR = Query(
     None,
     ge=0,
@@ -355,6 +361,7 @@ def _read_routes(
         k: int = K,
         max_per_author: int | None = MAX_PER_AUTHOR,
         exclude: list[str] = EXCLUDE,
+        history: str = HISTORY,
     ) -> dict:
         """Top-k books for a reader; a reader the model has never seen gets the cold-start answer.
         Never a book the reader knows, an `exclude`d book or one marked unavailable."""
@@ -363,7 +370,7 @@ def _read_routes(
         # The feedback store is a synchronous database: query it on a worker thread, never on the loop.
         read, liked = await run_in_threadpool(model.recommender.live_history, feedback, user_id)
         blocked = (*_split_isbns(exclude), *online.blocked)
-        request = {"extra_reads": liked, "extra_excluded": read, "blocked": blocked}
+        request = {"extra_reads": liked, "extra_excluded": read, "blocked": blocked, "exclude": history}
         ids, scores = await batcher.rank(
             model.recommender, user_id, k, rules=_rules(model, max_per_author), **request
         )

@@ -29,11 +29,13 @@ class RankRequest:
     extra_excluded: tuple[str, ...] = ()
     rules: ListRules | None = None  # None: the model's list rules
     blocked: tuple[str, ...] = ()  # never listed (request exclude list, unavailable books)
+    exclude: str = "all"  # "train": the evaluation protocol's history and exclusions (replays)
     future: asyncio.Future | None = field(default=None, repr=False)  # set by `RankBatcher.rank`
 
 
 def rank_together(requests: list[RankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One `rank` call for requests that share a recommender; each answer cut to its own k.
+    """One `rank` call for requests that share a recommender and an exclusion mode; each answer cut to
+    its own k.
 
     New readers get distinct ids inside the batch, so that two of them never share a description.
     """
@@ -45,6 +47,7 @@ def rank_together(requests: list[RankRequest]) -> list[tuple[np.ndarray, np.ndar
     ranked, scores = recommender.rank(
         ids,
         max(request.k for request in requests),
+        requests[0].exclude,
         readers={i: r.reader for i, r in zip(ids, requests, strict=True) if r.reader is not None},
         extra_reads={i: r.extra_reads for i, r in zip(ids, requests, strict=True)},
         extra_excluded={i: r.extra_excluded for i, r in zip(ids, requests, strict=True)},
@@ -72,6 +75,7 @@ class RankBatcher:
         extra_excluded: Iterable[str] = (),
         rules: ListRules | None = None,
         blocked: Iterable[str] = (),
+        exclude: str = "all",
     ) -> tuple[np.ndarray, np.ndarray]:
         loop = asyncio.get_running_loop()
         request = RankRequest(
@@ -83,6 +87,7 @@ class RankBatcher:
             tuple(extra_excluded),
             rules,
             tuple(blocked),
+            exclude,
             loop.create_future(),
         )
         self.pending.append(request)
@@ -105,9 +110,9 @@ class RankBatcher:
 
     def _score(self, batch: list[RankRequest]) -> None:
         self.observe_batch_size(len(batch))
-        groups: dict[int, list[RankRequest]] = {}
-        for request in batch:  # a model swap may leave two recommenders in one batch
-            groups.setdefault(id(request.recommender), []).append(request)
+        groups: dict[tuple[int, str], list[RankRequest]] = {}
+        for request in batch:  # a model swap (or an A/B test) may put two recommenders in one batch
+            groups.setdefault((id(request.recommender), request.exclude), []).append(request)
         for group in groups.values():
             try:
                 answers = rank_together(group)

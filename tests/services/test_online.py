@@ -4,6 +4,7 @@ and the replay simulator's bounded run."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 
@@ -158,3 +159,22 @@ def test_unavailable_and_excluded_books_are_never_served_and_lists_stay_full(pro
     finally:
         assert httpx.delete(path, headers=service.auth).status_code == 204
     assert httpx.get(f"{service.url}/recommendations/1010").json()["books"][0]["isbn"] == top
+
+
+def test_the_simulator_replays_test_readers_and_the_store_attributes_the_same_clicks(project):
+    live = FeedbackStore.for_root(project)
+    before = (live.count(), len(store.impressions_frame(live)))
+    done = run(["bookrec", "simulate", "--requests", "200", "--seconds", "120", "--mode", "ab"], project)
+    result = json.loads(done.stdout)
+    assert result["requests"] == 200
+    arms = result["arms"]
+    assert arms["production"]["versions"] == ["1"] and arms["challenger"]["versions"] == ["2"]
+    assert sum(a["lists"] for a in arms.values()) == 200 and sum(a["clicks"] for a in arms.values()) > 0
+    attributed = {row["arm"]: row for row in result["attributed"]}
+    for arm, tally in arms.items():  # every click the simulator made is attributed to its list
+        assert attributed[arm]["shown"] == tally["lists"]
+        assert attributed[arm]["ctr"] == pytest.approx(tally["ctr"])
+    assert (
+        live.count(),
+        len(store.impressions_frame(live)),
+    ) == before  # the replay stays out of the live store
