@@ -4,7 +4,8 @@
 
 In process: p50/p99 of one reader's recommendations and of one book's similar books. Over HTTP: the
 real `bookrec serve` on 127.0.0.1 at concurrency 1 and 8 with a bounded number of requests: p50/p99,
-requests per second, errors, and the server's peak RSS.
+requests per second, errors, and the server's peak RSS; once with impression logging off and once
+on (over a scratch feedback store), with how many impressions were written and dropped.
 """
 
 from __future__ import annotations
@@ -112,17 +113,33 @@ def mean_batch_size(url: str) -> float:
     return values.get("bookrec_rank_batch_size_sum", 0.0) / count if count else 0.0
 
 
-def over_http(root: Path, users: list[str], total: int) -> None:
+def _metric(url: str, name: str) -> float:
+    """The sum of every series of one Prometheus metric of the server."""
+    lines = httpx.get(f"{url}/metrics", timeout=30).text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(name))
+
+
+def over_http(root: Path, users: list[str], total: int, impressions: bool, scratch: Path) -> None:
+    """The real server, over a scratch feedback store (the benchmark's impressions never reach the
+    project's), with impression logging on or off."""
     port = free_port()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    store = scratch / f"feedback-{'on' if impressions else 'off'}.db"
+    store.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "BOOKREC_FEEDBACK_URL": f"sqlite:///{store}",
+    }
+    command = [str(BIN / "bookrec"), "serve", "--port", str(port)]
     server = subprocess.Popen(
-        [str(BIN / "bookrec"), "serve", "--port", str(port)],
+        command + ([] if impressions else ["--no-impressions"]),
         cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
+    label = f"impression logging {'on' if impressions else 'off'}"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -138,11 +155,21 @@ def over_http(root: Path, users: list[str], total: int) -> None:
             peak = max(peak, rss)
             batched = mean_batch_size(url)
             print(
-                f"HTTP recommendations, concurrency {concurrency}: {percentiles(timings)}   "
+                f"HTTP recommendations, {label}, concurrency {concurrency}: {percentiles(timings)}   "
                 f"{len(timings) / elapsed:7.1f} req/s   errors {errors}   "
                 f"mean batch so far {batched:.2f} requests"
             )
-        print(f"server peak RSS: {peak / 2**20:.0f} MiB")
+        print(f"server peak RSS ({label}): {peak / 2**20:.0f} MiB")
+        if impressions:
+            time.sleep(2)  # let the writer drain the queue
+            from pipeline.storage.feedback import FeedbackStore
+            from pipeline.storage.impressions import impressions_frame
+
+            written = len(impressions_frame(FeedbackStore(f"sqlite:///{store}")))
+            print(
+                f"impressions: {2 * total} lists served, {written} written, "
+                f"{_metric(url, 'bookrec_impressions_dropped_total'):.0f} dropped (queue full)"
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -158,7 +185,10 @@ def main() -> None:
     from pipeline.storage.bundle import load_bundle
 
     users = load_bundle(args.model).users["user_id"].astype(str).tolist()
-    over_http(ROOT, users, args.requests)
+    scratch = ROOT / "reports" / "benchmark-serve"
+    scratch.mkdir(parents=True, exist_ok=True)
+    for impressions in (False, True):
+        over_http(ROOT, users, args.requests, impressions, scratch)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ def load_recommender(root: Path, version: str) -> BookRecommender:
     client = tracking.client(root)
     source = client.get_model_version_download_uri(MODEL_NAME, str(version))
     local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=client.tracking_uri)
-    return mlflow.pyfunc.load_model(local).unwrap_python_model().recommender
+    from pipeline.serving.compat import with_request_rules
+
+    return with_request_rules(mlflow.pyfunc.load_model(local).unwrap_python_model().recommender)
 
 
 def find_version(client, fingerprint: str) -> Any | None:

@@ -516,6 +516,7 @@ def create_app(
     start_polling: bool = True,
     challenger: ModelHolder | None = None,
     serve: ServeParams | None = None,
+    log_impressions: bool = True,
 ) -> FastAPI:
     """The app: operations (health, metrics), reads (recommendations, similar books, the experiment)
     and writes (live feedback, admin; bearer `write_token` required) over the model `holder` serves,
@@ -528,7 +529,12 @@ def create_app(
             instruments.impressions.labels(impression.arm, str(impression.shown).lower()).inc()
 
     online = OnlineLoop.create(
-        feedback, serve, challenger, on_written=count, on_drop=instruments.impressions_dropped.inc
+        feedback,
+        serve,
+        challenger,
+        on_written=count,
+        on_drop=instruments.impressions_dropped.inc,
+        log_impressions=log_impressions,
     )
     batcher = RankBatcher(observe_batch_size=instruments.batch_sizes.observe)
     app = FastAPI(
@@ -547,7 +553,7 @@ def create_app(
     return app
 
 
-def build_app(root: Path, poll_seconds: float = 10.0) -> FastAPI:
+def build_app(root: Path, poll_seconds: float = 10.0, log_impressions: bool = True) -> FastAPI:
     from pipeline.storage.secrets import api_token
 
     return create_app(
@@ -556,4 +562,5 @@ def build_app(root: Path, poll_seconds: float = 10.0) -> FastAPI:
         api_token(root),
         challenger=challenger_holder(root, poll_seconds),
         serve=load_params(root).serve,
+        log_impressions=log_impressions,
     )

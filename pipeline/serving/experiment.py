@@ -102,6 +102,7 @@ class OnlineLoop:
         challenger: ModelHolder | None = None,
         on_written: Callable[[list[Impression]], None] = lambda batch: None,
         on_drop: Callable[[], None] = lambda: None,
+        log_impressions: bool = True,
     ) -> OnlineLoop:
         """The loop of one service: impressions written to `feedback`'s database, rules reread every
         `serve.rules_refresh_seconds`, the challenger loaded only while an experiment uses it."""
@@ -121,7 +122,7 @@ class OnlineLoop:
         return cls(
             challenger,
             RuntimeRules(feedback, serve.experiment, serve.rules_refresh_seconds, follow_experiment),
-            ImpressionLog(write, serve.impression_queue, on_drop=on_drop),
+            ImpressionLog(write, serve.impression_queue, on_drop=on_drop, enabled=log_impressions),
             timedelta(hours=serve.attribution_hours),
         )
 

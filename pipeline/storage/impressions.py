@@ -99,8 +99,9 @@ class ImpressionLog:
         capacity: int = 10_000,
         batch_size: int = 500,
         on_drop: Callable[[], None] = lambda: None,
+        enabled: bool = True,
     ):
-        self._write, self._batch_size, self._on_drop = write, batch_size, on_drop
+        self._write, self._batch_size, self._on_drop, self.enabled = write, batch_size, on_drop, enabled
         self._queue: queue.Queue[Impression | None] = queue.Queue(maxsize=capacity)
         self.logged = self.dropped = self.written = self.failed = 0
         self._thread = threading.Thread(target=self._run, name="impression-writer", daemon=True)
@@ -108,6 +109,8 @@ class ImpressionLog:
 
     def log(self, impression: Impression) -> bool:
         """Queue one impression; False (and counted) if the queue is full. Never blocks."""
+        if not self.enabled:  # `bookrec serve --no-impressions` (the benchmark's reference)
+            return False
         try:
             self._queue.put_nowait(impression)
         except queue.Full:

@@ -161,3 +161,35 @@ def test_the_author_cap_tradeoff_reports_each_cap_on_the_same_lists():
     assert (
         books_per_author(np.array([[0, 2, 9, -1]]), hand_catalog().author) == 2.0
     )  # unknown authors left out
+
+
+def test_a_version_registered_before_request_rules_still_honours_blocked_books():
+    """Its rank has no `blocked`: the wrapper ranks deeper and drops them, lists keep their length."""
+    import numpy as np
+
+    from pipeline.serving.compat import BlockedAfterRanking, with_request_rules
+
+    class Old:
+        def item_indices(self, isbns, strict=True):
+            return np.array([int(i) for i in isbns], dtype=np.int64)
+
+        def rank(
+            self,
+            user_ids,
+            k=10,
+            exclude="all",
+            readers=None,
+            extra_reads=None,
+            extra_excluded=None,
+            rules=None,
+        ):
+            ids = np.tile(np.arange(k, dtype=np.int64), (len(user_ids), 1))
+            return ids, -ids.astype(np.float32)
+
+    wrapped = with_request_rules(Old())
+    assert isinstance(wrapped, BlockedAfterRanking)
+    ids, scores = wrapped.rank(["a", "b"], 4, blocked={"a": ("0", "2"), "b": ()})
+    assert ids.tolist() == [[1, 3, 4, 5], [0, 1, 2, 3]] and scores[0].tolist() == [-1, -3, -4, -5]
+    from pipeline.serving.service import BookRecommender
+
+    assert "blocked" in __import__("inspect").signature(BookRecommender.rank).parameters  # today's code

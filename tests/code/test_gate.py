@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.ops.gate import GateInputs, GateThresholds, Production, decide
+from pipeline.ops.gate import GateInputs, GateThresholds, OnlineEvidence, Production, decide
 
 THRESHOLDS = GateThresholds(
     ndcg_tolerance=0.002, min_coverage=0.1, min_personalization=0.9, min_novelty=0.3, beat_popularity=True
@@ -79,3 +79,23 @@ def test_another_split_rule_means_overlap_and_the_gate_refuses_to_compare(theirs
 def test_the_candidate_already_in_production_is_not_compared_with_itself():
     decision = decide(inputs(production=Production("2", RULE, 0.5)), THRESHOLDS)
     assert decision.passed and "the candidate is already production" in decision.reasons
+
+
+@pytest.mark.parametrize(
+    ("evidence", "passes"),
+    [
+        (OnlineEvidence(0.01, -0.004, 0.024, 500, 500), True),  # not significantly different
+        (OnlineEvidence(0.0, -0.01, 0.0, 500, 500), True),  # the interval just reaches zero
+        (OnlineEvidence(-0.03, -0.05, -0.01, 500, 500), False),  # significantly worse online
+        (OnlineEvidence(0.05, 0.01, 0.09, 10, 500), False),  # too little traffic in one arm
+        (OnlineEvidence(float("nan"), float("nan"), float("nan"), 0, 0), False),  # no experiment ran
+    ],
+)
+def test_the_online_rule_of_a_promotion_out_of_an_experiment(evidence, passes):
+    candidate = GateInputs("2", GOOD, RULE, 0.02, production(), online=evidence)
+    decision = decide(candidate, THRESHOLDS)
+    assert decision.passed is passes
+    assert any("online click-through" in r for r in decision.reasons)
+    assert decide(
+        GateInputs("2", GOOD, RULE, 0.02, production()), THRESHOLDS
+    ).passed  # no experiment: no rule
