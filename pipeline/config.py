@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
 
@@ -167,6 +167,13 @@ class ExperimentParams(Section):
     mode: Literal["off", "ab", "shadow"]
     challenger_share: float = Field(ge=0, le=1)
     salt: str = Field(min_length=1)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _bare_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false, and DVC's `exp run -S` rewrites params.yaml without
+        # the quotes: take false for what the file says.
+        return "off" if value is False else value
 
 
 class ServeParams(Section):

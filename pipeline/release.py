@@ -50,6 +50,35 @@ def _production_on_split(ws: Workspace, params: Params, version: str) -> float:
     return ndcg_at(RemappedRecommender(served, users, items, data.train), data, batch_size=256)
 
 
+def _data_drift(ws: Workspace, client) -> dict[str, str]:
+    """This version's data profile and how it moved from production's (tags of the run and version)."""
+    import json
+
+    from pipeline.data.profile import data_profile, drift
+    from pipeline.ops import registry
+
+    tables = [
+        io.read_parquet(ws.processed / f"{n}.parquet") for n in ("train", "validation", "test", "dislikes")
+    ]
+    users = io.read_parquet(ws.processed / "users.parquet")["user_id"].astype(str)
+    items = io.read_parquet(ws.processed / "items.parquet")["isbn"].astype(str)
+    profile = data_profile(tables, len(users), len(items), io.read_json(ws.interim / "ingest_report.json"))
+    production = registry.production_version(client)
+    previous_ids = previous_profile = None
+    if production is not None:
+        served = registry.load_recommender(ws.root, str(production.version))
+        previous_ids = (set(served.users["user_id"].astype(str)), set(served.items["isbn"].astype(str)))
+        previous_profile = (
+            json.loads(production.tags["data_profile"]) if "data_profile" in production.tags else None
+        )
+    moved = drift(previous_profile, profile, previous_ids, (set(users), set(items)))
+    return {
+        "data_profile": json.dumps(profile),
+        "data_drift": json.dumps(moved),
+        "data_drift_against": "" if production is None else str(production.version),
+    }
+
+
 def register_model(ws: Workspace, params: Params, experiment: Experiment | None = None) -> dict:
     """Log the trained model to MLflow and register it as the `challenger` (once per distinct model).
     A model trained in a DVC `experiment` takes its data lineage from the experiment's lock file."""
@@ -80,6 +109,7 @@ def register_model(ws: Workspace, params: Params, experiment: Experiment | None 
         "trained_at": metadata["trained_at"],
         "run_name": metadata["run_name"],
         **({} if experiment is None else experiment.tags()),
+        **_data_drift(ws, client),
     }
     run = tracking.log_training_run(
         ws.root,

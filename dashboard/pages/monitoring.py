@@ -1,11 +1,14 @@
-"""Monitoring: what readers did with the lists they were shown, per model version and arm, over time."""
+"""Monitoring: what readers did with the lists they were shown, per model version and arm, over time;
+how production's data moved from the version before it."""
 
 from __future__ import annotations
+
+import json
 
 import altair as alt
 import pandas as pd
 import streamlit as st
-from data_access import model_or_stop, online, online_report
+from data_access import _store, model_or_stop, online, online_report, version_info
 
 info, model = model_or_stop()
 st.header("Online metrics")
@@ -23,6 +26,57 @@ st.caption(
     + ". Feedback counts for a list when it names the list's request id, or when the book was in the latest "
     "list shown to that reader within the attribution window."
 )
+
+
+def data_drift() -> None:
+    """How production's training data moved from the version that served before it was registered."""
+    st.subheader("Data drift: production against the version before it")
+    tags = info.tags
+    if "data_profile" not in tags:
+        st.caption(f"v{info.version} was registered before data profiles were recorded.")
+        return
+    current, moved = json.loads(tags["data_profile"]), json.loads(tags.get("data_drift", "{}"))
+    against = tags.get("data_drift_against")
+    if not against:
+        st.caption(
+            f"v{info.version} is the first version: {current['readers']} readers, {current['books']} books."
+        )
+        return
+    previous_tags = version_info(_store(), against).tags
+    previous = json.loads(previous_tags["data_profile"]) if "data_profile" in previous_tags else None
+    rows = [
+        ("readers", previous and previous["readers"], current["readers"]),
+        ("books", previous and previous["books"], current["books"]),
+        ("interactions", previous and previous["interactions"], current["interactions"]),
+        (
+            "share of raw ratings from live feedback",
+            previous and previous["feedback_share"],
+            current["feedback_share"],
+        ),
+        ("new readers", None, moved.get("new_readers")),
+        ("new books", None, moved.get("new_books")),
+        ("rating distribution distance (total variation)", None, moved.get("rating_distribution_distance")),
+    ]
+    st.dataframe(
+        pd.DataFrame(rows, columns=["figure", f"v{against}", f"v{info.version}"]).astype(str),
+        hide_index=True,
+        width="stretch",
+    )
+    bars = [
+        {"rating": int(r), "share": share, "version": f"v{version}"}
+        for version, profile in ((against, previous), (info.version, current))
+        if profile
+        for r, share in profile["rating_distribution"].items()
+    ]
+    st.altair_chart(
+        alt.Chart(pd.DataFrame(bars))
+        .mark_bar()
+        .encode(x="rating:O", xOffset="version:N", y="share:Q", color="version:N"),
+        width="stretch",
+    )
+
+
+data_drift()
 if report.by_day.empty:
     st.info("No list has been served yet: ask the API or the other pages for recommendations.")
     st.stop()

@@ -74,3 +74,14 @@ def test_atomic_path_leaves_no_partial_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
     io.write_parquet(pd.DataFrame({"a": [1]}), target)
     assert io.read_parquet(target)["a"].tolist() == [1]
+
+
+def test_a_bare_off_experiment_mode_reads_as_off(tmp_path):
+    """YAML 1.1 reads `mode: off` as false (DVC's `exp run -S` writes it back without quotes)."""
+    import shutil
+
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    text = (tmp_path / "params.yaml").read_text().replace('mode: "off"', "mode: off")
+    (tmp_path / "params.yaml").write_text(text)
+    assert yaml.safe_load(text)["serve"]["experiment"]["mode"] is False
+    assert load_params(tmp_path).serve.experiment.mode == "off"

@@ -161,6 +161,7 @@ def test_monitoring_page_shows_the_served_lists(app):
     table = app.dataframe[0].value
     assert "production" in set(table["arm"]) and (table["impressions"] > 0).all()
     assert len(app.get("vega_lite_chart")) == 3
+    assert any("is the first version" in c.value for c in app.caption)  # the data-drift section
 
 
 def test_similar_books_page(app):

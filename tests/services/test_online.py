@@ -178,3 +178,19 @@ def test_the_simulator_replays_test_readers_and_the_store_attributes_the_same_cl
         live.count(),
         len(store.impressions_frame(live)),
     ) == before  # the replay stays out of the live store
+
+
+def test_each_registered_version_records_how_its_data_moved_from_production(project):
+    from pipeline.ops import registry, tracking
+
+    client = tracking.client(project)
+    first = client.get_model_version(registry.MODEL_NAME, "1")
+    second = client.get_model_version(registry.MODEL_NAME, "2")
+    assert first.tags["data_drift_against"] == "" and json.loads(first.tags["data_drift"]) == {}
+    profile = json.loads(second.tags["data_profile"])
+    assert profile["readers"] > 0 and sum(profile["rating_distribution"].values()) == pytest.approx(
+        1, abs=1e-4
+    )
+    moved = json.loads(second.tags["data_drift"])
+    assert second.tags["data_drift_against"] == "1"  # production when v2 was registered
+    assert moved["new_readers"] == moved["new_books"] == 0 and moved["rating_distribution_distance"] == 0
