@@ -1,6 +1,6 @@
 """Serving latency over the full catalog: in process (BookRecommender) and over HTTP on loopback.
 
-    python benchmarks/serve_latency.py [--model models/ncf] [--requests 10000]
+    python benchmarks/serve_latency.py [--root .] [--model models/ncf] [--requests 10000]
 
 In process: p50/p99 of one reader's recommendations and of one book's similar books. Over HTTP: the
 real `bookrec serve` on 127.0.0.1 at concurrency 1 and 8 with a bounded number of requests: p50/p99,
@@ -177,18 +177,20 @@ def over_http(root: Path, users: list[str], total: int, impressions: bool, scrat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "ncf")
+    parser.add_argument("--root", type=Path, default=ROOT, help="project whose registry serves")
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: <root>/models/ncf)")
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--requests", type=int, default=10_000)
     args = parser.parse_args()
+    args.model = args.model or args.root / "models" / "ncf"
     in_process(args.model, args.samples)
     from pipeline.storage.bundle import load_bundle
 
     users = load_bundle(args.model).users["user_id"].astype(str).tolist()
-    scratch = ROOT / "reports" / "benchmark-serve"
+    scratch = args.root / "reports" / "benchmark-serve"
     scratch.mkdir(parents=True, exist_ok=True)
     for impressions in (False, True):
-        over_http(ROOT, users, args.requests, impressions, scratch)
+        over_http(args.root, users, args.requests, impressions, scratch)
 
 
 if __name__ == "__main__":

@@ -525,8 +525,10 @@ def create_app(
     serve = serve or load_params().serve
 
     def count(batch) -> None:
-        for impression in batch:
-            instruments.impressions.labels(impression.arm, str(impression.shown).lower()).inc()
+        from collections import Counter as Tally
+
+        for (arm, shown), n in Tally((i.arm, str(i.shown).lower()) for i in batch).items():
+            instruments.impressions.labels(arm, shown).inc(n)
 
     online = OnlineLoop.create(
         feedback,

@@ -39,10 +39,10 @@ def online_report(
 ) -> OnlineReport:
     """Impressions of the last `days` (of one `surface`, or all), attributed and summarised."""
     since = datetime.now(UTC) - timedelta(days=days)
-    shown = store.impressions_frame(feedback, since)
+    shown, books = store.served_lists(feedback, since)
     if surface is not None:
         shown = shown[shown["surface"] == surface]
-    books = store.impression_books_frame(feedback, shown["request_id"]) if len(shown) else _no_books()
+        books = books[books["request_id"].isin(shown["request_id"])]
     clicks = attribute(shown, books, feedback.frame(since), window, recommender.min_explicit_rating)
     catalog, head = len(recommender.isbns), head_isbns(recommender)
     by_day = online_metrics(shown, books, clicks, catalog, head) if len(shown) else pd.DataFrame()
@@ -59,7 +59,3 @@ def online_report(
         int(len(shown)),
         int(len(clicks)),
     )
-
-
-def _no_books() -> pd.DataFrame:
-    return pd.DataFrame(columns=["request_id", "position", "isbn"])
