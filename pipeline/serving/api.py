@@ -17,235 +17,40 @@ import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Query, Response
-from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.config import ServeParams, load_params
 from pipeline.serving.batching import RankBatcher
 from pipeline.serving.experiment import OnlineLoop
 from pipeline.serving.holder import ModelHolder, Served, challenger_holder, registry_holder
-from pipeline.serving.service import MAX_K, Reader
+from pipeline.serving.instruments import GuardAndMeasure, Instruments
+from pipeline.serving.schemas import (
+    EXCLUDE,
+    HISTORY,
+    ISBN,
+    MAX_PER_AUTHOR,
+    USER_ID,
+    BearerCredentials,
+    ExperimentIn,
+    ExperimentOut,
+    Health,
+    InteractionIn,
+    InteractionOut,
+    K,
+    NewReader,
+    Recommendations,
+    SimilarBooks,
+    Unavailable,
+)
+from pipeline.serving.service import Reader
 from pipeline.storage import impressions as impressions_store
 from pipeline.storage.feedback import FeedbackStore
 
 log = logging.getLogger("bookrec.api")
-MAX_BODY_BYTES = 64 * 1024
-USER_ID = PathParam(min_length=1, max_length=32, pattern=r"^[\w.-]+$", description="Book-Crossing User-ID")
-ISBN = PathParam(min_length=1, max_length=32, pattern=r"^[\w.-]+$", description="ISBN-10 or ISBN-13")
-K = Query(10, ge=1, le=MAX_K, description="How many books")
-BEARER = HTTPBearer(auto_error=False, description="The API's write token (run/api_token)")
-BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
-EXCLUDE = Query(
-    [],
-    max_length=50,
-    description="ISBNs never to list in this answer (repeat the parameter, or comma-separate)",
-)
-HISTORY = Query(
-    "all",
-    pattern="^(all|train)$",
-    description="all: everything the reader is known to have read (serving). train: the evaluation "
-    "protocol's history and exclusions, as `bookrec evaluate` ranks (replays such as `bookrec simulate`)",
-)
-MAX_PER_AUTHOR = Query(
-    None,
-    ge=0,
-    le=MAX_K,
-    description="At most this many books by one author (0: no cap; default: the model's)",
-)
-
-
-class Book(BaseModel):
-    rank: int
-    isbn: str
-    score: float
-    title: str | None = None
-    author: str | None = None
-    year: int | None = None
-    publisher: str | None = None
-    cover_url: str | None = None
-
-
-class Recommendations(BaseModel):
-    request_id: str = Field(description="Name this list when posting what the reader did with it")
-    arm: str = Field(description="production, or challenger for a reader in an A/B experiment's other arm")
-    user_id: str | None = None
-    known_reader: bool
-    model_version: str
-    books: list[Book]
-
-
-class SimilarBooks(BaseModel):
-    request_id: str
-    isbn: str
-    model_version: str
-    books: list[Book]
-
-
-class ExperimentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mode: Literal["off", "ab", "shadow"]
-    challenger_share: float = Field(0.5, ge=0, le=1)
-    salt: str = Field("exp-1", min_length=1, max_length=64)
-
-
-class ExperimentOut(ExperimentIn):
-    source: str = Field(description="params.yaml, or run time (set through the admin endpoint or the CLI)")
-    challenger_version: str | None = None
-
-
-class Unavailable(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str = Field("unavailable", max_length=200)
-
-
-class InteractionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    isbn: str = Field(min_length=1, max_length=32, pattern=r"^[\w.-]+$")
-    rating: int = Field(0, ge=0, le=10, description="0 = read without rating, 1..10 explicit rating")
-    request_id: str | None = Field(
-        None, min_length=1, max_length=32, pattern=r"^[0-9a-f]+$", description="The list it was chosen from"
-    )
-
-
-class InteractionOut(BaseModel):
-    user_id: str
-    isbn: str
-    rating: int
-    stored_at: str
-
-
-class NewReader(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    age: float | None = Field(None, ge=0, le=130)
-    location: str | None = Field(None, max_length=200, description="city, region, country")
-    liked_isbns: list[str] = Field(default_factory=list, max_length=50)
-    k: int = Field(10, ge=1, le=MAX_K)
-
-
-class Health(BaseModel):
-    status: str = Field(description="ok, degraded (serving, but not the version the alias names) or no model")
-    model_version: str | None = Field(description="the version actually serving")
-    production_version: str | None = Field(None, description="the version the production alias names")
-    error: str | None = None
-
-
-class GuardAndMeasure:
-    """Pure ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware on the hot path): refuses bodies
-    over MAX_BODY_BYTES with 413, and counts requests and their latency per route for /metrics."""
-
-    def __init__(self, app, requests: Counter, latency: Histogram):
-        self.app, self.requests, self.latency = app, requests, latency
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return await self._too_large(send)
-        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-            body, more = b"", True
-            while more:  # a chunked body: read it (up to the limit) before the app sees it
-                message = await receive()
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
-                if len(body) > MAX_BODY_BYTES:
-                    return await self._too_large(send)
-            replayed = False
-
-            async def receive():
-                nonlocal replayed
-                if replayed:
-                    return {"type": "http.disconnect"}
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-        status = {"code": 500}
-
-        async def send_and_note(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        started = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            endpoint = getattr(scope.get("route"), "path", "unmatched")
-            self.latency.labels(endpoint).observe(time.perf_counter() - started)
-            self.requests.labels(endpoint, str(status["code"])).inc()
-
-    @staticmethod
-    async def _too_large(send) -> None:
-        await JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)(
-            {"type": "http"}, None, send
-        )
-
-
-@dataclass
-class Instruments:
-    """The Prometheus metrics of one app (its own registry, so that two apps in a process never mix)."""
-
-    registry: CollectorRegistry
-    requests: Counter
-    latency: Histogram
-    batch_sizes: Histogram
-    serving: Gauge  # 1 for the version actually serving
-    degraded: Gauge  # 1 when the alias names a version that is not serving (or nothing serves)
-    impressions: Counter  # lists logged, per arm and whether shown
-    impressions_dropped: Counter  # lists not logged because the queue was full
-    online: Gauge  # online metrics of the last days, per version, arm and metric
-
-    @classmethod
-    def create(cls) -> Instruments:
-        registry = CollectorRegistry()
-        return cls(
-            registry,
-            Counter("bookrec_requests", "HTTP requests", ["endpoint", "status"], registry=registry),
-            Histogram(
-                "bookrec_request_seconds",
-                "Request latency",
-                ["endpoint"],
-                registry=registry,
-                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            ),
-            Histogram(
-                "bookrec_rank_batch_size",
-                "Recommendation requests scored together",
-                registry=registry,
-                buckets=(1, 2, 4, 8, 16, 32),
-            ),
-            Gauge(
-                "bookrec_serving_version",
-                "The registry version serving requests",
-                ["version"],
-                registry=registry,
-            ),
-            Gauge("bookrec_model_degraded", "1 when production could not be loaded", registry=registry),
-            Counter("bookrec_impressions", "Served lists logged", ["arm", "shown"], registry=registry),
-            Counter("bookrec_impressions_dropped", "Served lists not logged: queue full", registry=registry),
-            Gauge(
-                "bookrec_online",
-                "Online metrics of the served lists (last 7 days)",
-                ["version", "arm", "metric"],
-                registry=registry,
-            ),
-        )
 
 
 def _lifespan(holder: ModelHolder, batcher: RankBatcher, online: OnlineLoop, start_polling: bool):

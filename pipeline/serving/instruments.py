@@ -1,0 +1,115 @@
+"""The API's request guard and Prometheus instruments: body size limit, request counts and latency per
+route, batch sizes, the serving version, degradation, impressions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class GuardAndMeasure:
+    """Pure ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware on the hot path): refuses bodies
+    over MAX_BODY_BYTES with 413, and counts requests and their latency per route for /metrics."""
+
+    def __init__(self, app, requests: Counter, latency: Histogram):
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return await self._too_large(send)
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            body, more = b"", True
+            while more:  # a chunked body: read it (up to the limit) before the app sees it
+                message = await receive()
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > MAX_BODY_BYTES:
+                    return await self._too_large(send)
+            replayed = False
+
+            async def receive():
+                nonlocal replayed
+                if replayed:
+                    return {"type": "http.disconnect"}
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+        status = {"code": 500}
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.latency.labels(endpoint).observe(time.perf_counter() - started)
+            self.requests.labels(endpoint, str(status["code"])).inc()
+
+    @staticmethod
+    async def _too_large(send) -> None:
+        await JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)(
+            {"type": "http"}, None, send
+        )
+
+
+@dataclass
+class Instruments:
+    """The Prometheus metrics of one app (its own registry, so that two apps in a process never mix)."""
+
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    batch_sizes: Histogram
+    serving: Gauge  # 1 for the version actually serving
+    degraded: Gauge  # 1 when the alias names a version that is not serving (or nothing serves)
+    impressions: Counter  # lists logged, per arm and whether shown
+    impressions_dropped: Counter  # lists not logged because the queue was full
+    online: Gauge  # online metrics of the last days, per version, arm and metric
+
+    @classmethod
+    def create(cls) -> Instruments:
+        registry = CollectorRegistry()
+        return cls(
+            registry,
+            Counter("bookrec_requests", "HTTP requests", ["endpoint", "status"], registry=registry),
+            Histogram(
+                "bookrec_request_seconds",
+                "Request latency",
+                ["endpoint"],
+                registry=registry,
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            ),
+            Histogram(
+                "bookrec_rank_batch_size",
+                "Recommendation requests scored together",
+                registry=registry,
+                buckets=(1, 2, 4, 8, 16, 32),
+            ),
+            Gauge(
+                "bookrec_serving_version",
+                "The registry version serving requests",
+                ["version"],
+                registry=registry,
+            ),
+            Gauge("bookrec_model_degraded", "1 when production could not be loaded", registry=registry),
+            Counter("bookrec_impressions", "Served lists logged", ["arm", "shown"], registry=registry),
+            Counter("bookrec_impressions_dropped", "Served lists not logged: queue full", registry=registry),
+            Gauge(
+                "bookrec_online",
+                "Online metrics of the served lists (last 7 days)",
+                ["version", "arm", "metric"],
+                registry=registry,
+            ),
+        )
