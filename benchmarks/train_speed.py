@@ -1,6 +1,6 @@
 """Training speed of NCF on the full bx-implicit-v2 train split with the params.yaml train section.
 
-    python benchmarks/train_speed.py [--epochs N]     (needs data/processed and data/features)
+    python benchmarks/train_speed.py [--root PATH] [--epochs N]   (needs data/processed and data/features)
 
 Prints triples (positive + sampled negatives) per second, seconds per epoch, the epoch with the best
 validation NDCG@10, the time to reach it, the total time and the peak RSS.
@@ -21,9 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", type=Path, default=ROOT, help="workspace with `dvc repro` done")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     args = parser.parse_args()
-    ws, params = Workspace.load(ROOT)
+    ws, params = Workspace.load(args.root)
     if args.epochs:
         params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": args.epochs})})
     # Train into a scratch folder: the benchmark must not replace the pipeline's model.

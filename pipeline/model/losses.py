@@ -12,11 +12,17 @@ def bpr_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(positive.unsqueeze(1) - negative).mean()
 
 
-def item_l2(*item_vectors: torch.Tensor) -> torch.Tensor:
-    """L2 on the item vectors a batch uses: for each (B, 1 + n, d) tensor of positive and sampled negative
-    vectors, the mean squared norm of the positives plus the mean squared norm of the negatives."""
-    total = torch.zeros(())
-    for vectors in item_vectors:
-        squared = vectors.pow(2).sum(-1)
-        total = total + squared[:, 0].mean() + squared[:, 1:].mean()
-    return total
+def item_l2(table, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """L2 on the item vectors a batch uses: the mean squared norm of the positives' vectors plus the
+    mean squared norm of the sampled negatives' (every drawn negative, hardest or not), summed over
+    the vector tables of `table` (an `ItemVectors` of every item; its bias is not regularised).
+
+    Computed on the item table with each item's weight = how often the batch drew it, which is the
+    same sum as over the gathered (B, 1 + n, d) vectors without gathering them."""
+    n_items = len(table.gmf)
+    weights = (
+        torch.bincount(positive, minlength=n_items) / positive.numel()
+        + torch.bincount(negative.flatten(), minlength=n_items) / negative.numel()
+    )
+    squared = sum(vectors.pow(2).sum(-1) for vectors in (table.gmf, table.mlp))
+    return (weights * squared).sum()

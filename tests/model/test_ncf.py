@@ -12,10 +12,10 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.model.losses import bpr_loss, item_l2
-from pipeline.model.ncf import NCF, NCFConfig
+from pipeline.model.ncf import NCF, ItemVectors, NCFConfig, TrainingRows
 from pipeline.model.recommender import NCFRecommender
 from pipeline.model.sampling import NegativeSampler
-from pipeline.model.train import TrainingData, build_model, fit
+from pipeline.model.train import TrainingData, _hardest, build_model, fit
 from tests.conftest import REPO_ROOT
 
 N_GROUPS, USERS_PER_GROUP, ITEMS_PER_GROUP = 4, 30, 12
@@ -144,9 +144,64 @@ def test_bpr_loss_by_hand():
     assert float(loss) == pytest.approx(0.8132616875)
     huge = bpr_loss(torch.tensor([0.0]), torch.tensor([[1000.0]]))
     assert math.isfinite(float(huge)) and float(huge) == pytest.approx(1000.0)
-    # positives' squared norms 5 and 1 (mean 3); negatives' 1, 4, 0, 9 (mean 3.5)
-    vectors = torch.tensor([[[1.0, 2.0], [1.0, 0.0], [0.0, 2.0]], [[0.0, 1.0], [0.0, 0.0], [3.0, 0.0]]])
-    assert float(item_l2(vectors)) == pytest.approx(3.0 + 3.5)
+    # positives 0 and 3 (squared norms 5 and 1, mean 3); negatives 1, 2, 4, 5 (1, 4, 0, 9, mean 3.5);
+    # the MLP tower's vectors add their own squared norms (item 5 drawn twice: 2 * 1 / 4)
+    gmf = torch.tensor([[1.0, 2.0], [1.0, 0.0], [0.0, 2.0], [0.0, 1.0], [0.0, 0.0], [3.0, 0.0]])
+    mlp = torch.zeros((6, 1))
+    table = ItemVectors(gmf, mlp, torch.zeros(6))
+    positive, negative = torch.tensor([0, 3]), torch.tensor([[1, 2], [4, 5]])
+    assert float(item_l2(table, positive, negative)) == pytest.approx(3.0 + 3.5)
+    mlp[5] = 1.0
+    assert float(item_l2(table, positive, torch.tensor([[1, 5], [5, 5]]))) == pytest.approx(
+        3.0 + (1 + 9 + 9 + 9) / 4 + 3 / 4
+    )
+
+
+def test_batch_history_terms_leave_the_positive_out_of_its_readers_full_history():
+    """The training history term, computed for a batch's readers only, is each reader's whole
+    history minus the positive, over |H| - 1 ** alpha: the same as `history_terms` on that row."""
+    data = planted()
+    model = build_model(data, small_params())
+    users = torch.tensor([5, 40, 5, 119])  # a reader twice, with two positives
+    positives = torch.tensor(
+        [int(data.train[int(u)].indices[i]) for u, i in zip(users, [0, 2, 3, 5], strict=True)]
+    )
+    terms = model.training_history_terms(TrainingRows.of_matrix(data.train), users, positives)
+    for row, (user, positive) in enumerate(zip(users.tolist(), positives.tolist(), strict=True)):
+        left_out = data.train[user].tolil()
+        left_out[0, positive] = 0
+        expected = model.history_terms(left_out.tocsr())
+        # history_terms divides by the |H'| of the row it is given, training by |H| - 1: the same here
+        torch.testing.assert_close(terms.gmf[row], expected.gmf[0])
+        torch.testing.assert_close(terms.mlp[row], expected.mlp[0])
+
+
+def test_item_table_equals_looking_every_item_up():
+    data = planted()
+    model = build_model(data, small_params())
+    table = model.item_table(data.item_features)
+    items = torch.arange(data.n_items)
+    looked_up = model.item_vectors(items, data.item_features[items])
+    for fast, slow in zip(table, looked_up, strict=True):
+        torch.testing.assert_close(fast, slow)
+
+
+def test_hard_negatives_are_the_highest_scored_by_the_model_without_dropout():
+    data = planted()
+    model = build_model(data, small_params(dropout=0.5))
+    model.train()
+    users = torch.arange(0, 120, 7)
+    negatives = torch.randint(0, data.n_items, (len(users), 6), generator=torch.Generator().manual_seed(3))
+    terms = model.history_terms(data.train[users.numpy()])
+    user = model.user_vectors(users, data.user_features[users], terms)
+    table = model.item_table(data.item_features)
+    chosen = _hardest(model, user, table, negatives, keep=2, chunk=5)
+    assert model.training  # left in training mode
+    model.eval()
+    with torch.no_grad():
+        scores = model.score(user, table.take(negatives))
+    expected = negatives.gather(1, scores.topk(2, dim=1).indices)
+    assert torch.equal(chosen, expected)
 
 
 def test_sampler_never_returns_a_positive_and_reports_collisions():
