@@ -1,4 +1,4 @@
-"""bookrec training pipeline: fetch -> ingest -> preprocess -> features -> train -> evaluate -> register -> gate.
+"""bookrec training pipeline: fetch -> ingest -> preprocess -> features -> train | baselines -> evaluate -> register -> gate.
 
 Every data and model step is a DVC stage run through DVC's Python API, so dvc.lock and the DVC cache
 decide what reruns: a stage whose inputs did not change is skipped. Registration and the promotion
@@ -82,15 +82,19 @@ def _stage(name: str, uses_form: bool = False) -> dict:
     """Run DVC stage `name` in the repository's workspace, or, for a stage that `uses_form` when the
     run's form sets train values, as a DVC experiment in a temporary workspace (`dvc exp run --temp -S ...`): params.yaml is never
     rewritten and the workspace keeps its own model; the experiment's dvc.lock records the values."""
+    from pipeline.ops import progress
     from pipeline.ops.versioning import experiment_name, reproduce, run_experiment
 
     overrides = _overrides("train") if uses_form else {}
-    if not overrides:
-        ran = reproduce(ROOT, name)
-        return {"stage": name, "ran": ran, "skipped": name not in ran, "overrides": {}}
-    experiment = experiment_name("airflow", get_current_context()["run_id"], name)
-    rev = run_experiment(ROOT, name, overrides, experiment)
-    return {"stage": name, "experiment": experiment, "rev": rev, "skipped": False, "overrides": overrides}
+    with progress.task(name) as shown:
+        if not overrides:
+            ran = reproduce(ROOT, name)
+            shown["skipped"] = name not in ran
+            return {"stage": name, "ran": ran, "skipped": name not in ran, "overrides": {}}
+        experiment = experiment_name("airflow", get_current_context()["run_id"], name)
+        rev = run_experiment(ROOT, name, overrides, experiment)
+        shown["experiment"] = experiment
+        return {"stage": name, "experiment": experiment, "rev": rev, "skipped": False, "overrides": overrides}
 
 
 def _experiment_workspace(evaluated: dict) -> tuple:
@@ -148,14 +152,17 @@ def bookrec_training():
     )
     def fetch_and_validate() -> dict:
         from pipeline.config import Workspace
+        from pipeline.ops import progress
         from pipeline.ops.versioning import track_raw_data
         from pipeline.storage.feedback import FeedbackStore, export_to_raw
         from pipeline.storage.rawdata import fetch
 
         ws, _ = Workspace.load(ROOT)
-        manifest = fetch(ws.raw, ws.cache, show_progress=False)
-        interactions = export_to_raw(FeedbackStore.for_root(ROOT), ws.feedback)
-        changed = track_raw_data(ROOT)
+        with progress.task("fetch_and_validate") as shown:
+            manifest = fetch(ws.raw, ws.cache, show_progress=False)
+            interactions = export_to_raw(FeedbackStore.for_root(ROOT), ws.feedback)
+            changed = track_raw_data(ROOT)
+            shown["skipped"] = not changed
         return {
             "variant": manifest["variant"],
             "feedback_interactions": interactions,
@@ -180,16 +187,26 @@ def bookrec_training():
     def train(_: dict) -> dict:
         return _stage("train", uses_form=True)
 
-    @task(doc_md="DVC stage `evaluate`: NCF and the baselines over the full catalog on the test split.")
-    def evaluate(_: dict) -> dict:
+    @task(
+        doc_md="DVC stage `baselines`: every baseline over the full catalog on the test split; depends on "
+        "the data and the baselines' params only, so a new NCF never evaluates them again."
+    )
+    def baselines(_: dict) -> dict:
+        return _stage("baselines")
+
+    @task(doc_md="DVC stage `evaluate`: NCF over the full catalog on the test split, next to the baselines.")
+    def evaluate(_: dict, __: dict) -> dict:
         return _stage("evaluate", uses_form=True)
 
     @task(doc_md="Log the run and the model to MLflow; register it as `challenger` (idempotent per model).")
     def register(evaluated: dict) -> dict:
         from pipeline import release
+        from pipeline.ops import progress
 
         ws, params, experiment = _experiment_workspace(evaluated)
-        registered = release.register_model(ws, params, experiment)
+        with progress.task("register") as shown:
+            registered = release.register_model(ws, params, experiment)
+            shown["version"] = registered["version"]
         if experiment is not None:  # MLflow holds the artifacts now; the checkout was only for this
             shutil.rmtree(ROOT / experiment.folder)
         return registered
@@ -198,11 +215,16 @@ def bookrec_training():
     def gate_and_promote(registered: dict) -> dict:
         from pipeline import release
         from pipeline.config import Workspace
+        from pipeline.ops import progress
 
         ws, params = Workspace.load(ROOT, _overrides("gate"))
-        return release.gate_and_promote(ws, params, registered["version"])
+        with progress.task("gate_and_promote") as shown:
+            outcome = release.gate_and_promote(ws, params, registered["version"])
+            shown["promoted"] = outcome.get("promoted")
+        return outcome
 
-    gate_and_promote(register(evaluate(train(features(preprocess(ingest(fetch_and_validate())))))))
+    featured = features(preprocess(ingest(fetch_and_validate())))
+    gate_and_promote(register(evaluate(train(featured), baselines(featured))))
 
 
 bookrec_training()

@@ -151,6 +151,13 @@ def train() -> None:
 
 @app.command()
 @reports_errors
+def baselines() -> None:
+    """Stage baselines: every baseline ranked over the full catalog on the test split."""
+    _run_stage("baselines")
+
+
+@app.command()
+@reports_errors
 def evaluate(
     show_only: Annotated[
         bool, typer.Option(help="Print the table from reports/metrics.json without evaluating.")

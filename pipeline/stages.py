@@ -31,6 +31,8 @@ from pipeline.schemas import (
     USER_FEATURES,
 )
 
+BASELINES_REPORT = "baselines.json"  # below paths.reports: every baseline's full report, for stage evaluate
+
 
 def ingest(ws: Workspace, params: Params) -> dict:
     from pipeline.data.ingest import ingest_tables
@@ -179,6 +181,7 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
     from pipeline.evaluation.selection import choose_neighbourhood
     from pipeline.model.recommender import NCFRecommender
     from pipeline.model.train import build_model, fit, training_data
+    from pipeline.ops import progress
 
     validation = evaluation_data(ws, params, "validation")
     vocabulary, user_features, item_features = _feature_tables(ws)
@@ -195,6 +198,7 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
         params.train,
         lambda candidate: ndcg_at(network(candidate), validation, check_users, batch_size=512),
         show_progress=show_progress,
+        on_epoch=lambda row: progress.report(task="train", epochs=params.train.epochs, **row),
     )
     started = time.perf_counter()
     neighbourhood, by_weight = choose_neighbourhood(
@@ -254,9 +258,30 @@ def _save_model(
         save_bundle(out, model, users, items, known, vocabulary, history.as_dict(), metadata, neighbourhood)
 
 
-def evaluate(ws: Workspace, params: Params) -> dict:
-    """Stage evaluate: NCF and every baseline, full ranking on the test split under the protocol."""
+def baselines(ws: Workspace, params: Params) -> dict:
+    """Stage baselines: every baseline fitted on train and ranked over the full catalog on the test
+    split. Its own stage, depending on the data and the baselines' params only, so that a new NCF never
+    evaluates them again; `evaluate` reads what it wrote."""
     from pipeline.evaluation.baselines import make_baseline
+    from pipeline.evaluation.evaluate import evaluate as evaluate_model
+
+    settings = params.evaluate
+    data = evaluation_data(ws, params, "test", user_cohorts(ws, settings.cohort_top_countries))
+    reports = {}
+    for name, options in settings.baselines().items():
+        model = make_baseline(name, **options).fit(data.train)
+        report = evaluate_model(
+            model, data, settings.ks, settings.curve_max_k, batch_size=settings.batch_size
+        )
+        reports[name] = report.as_dict()
+    io.write_json(reports, ws.reports / BASELINES_REPORT)
+    return {name: report["metrics"] for name, report in reports.items()}
+
+
+def evaluate(ws: Workspace, params: Params) -> dict:
+    """Stage evaluate: NCF (served blend and network alone), full ranking on the test split under the
+    protocol, reported next to the baselines' figures from stage baselines."""
+    from pipeline.evaluation.evaluate import ModelReport
     from pipeline.evaluation.evaluate import evaluate as evaluate_model
     from pipeline.storage.bundle import load_bundle
     from pipeline.storage.reports import write_reports
@@ -272,9 +297,6 @@ def evaluate(ws: Workspace, params: Params) -> dict:
         reports["ncf_without_neighbourhood"] = evaluate_model(
             alone, data, settings.ks, settings.curve_max_k, batch_size=256
         )
-    for name, options in settings.baselines().items():
-        model = make_baseline(name, **options).fit(data.train)
-        reports[name] = evaluate_model(
-            model, data, settings.ks, settings.curve_max_k, batch_size=settings.batch_size
-        )
+    stored = io.read_json(ws.reports / BASELINES_REPORT)
+    reports |= {name: ModelReport.from_dict(name, report) for name, report in stored.items()}
     return write_reports(reports, ws.reports)

@@ -74,16 +74,33 @@ def airflow_env(root: Path) -> dict[str, str]:
     }
 
 
-def _run(command: list[str], env: dict[str, str], cwd: Path) -> int:
-    return subprocess.run(command, env={**os.environ, **env}, cwd=cwd, check=False).returncode
+def _run(command: list[str], env: dict[str, str], cwd: Path, log) -> int:
+    return subprocess.run(
+        command, env={**os.environ, **env}, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, check=False
+    ).returncode
 
 
-def pipeline_run(root: Path, conf: dict | None = None) -> int:
-    """Run the whole training DAG once in the foreground (`airflow dags test`)."""
-    env = airflow_env(root)
-    if _run([str(BIN / "airflow"), "db", "migrate"], env, root) != 0:
-        return 1
-    return _run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf or {})], env, root)
+def pipeline_run(root: Path, conf: dict | None = None, echo=print) -> int:
+    """Run the whole training DAG once in the foreground (`airflow dags test`): the terminal shows one
+    line per task with its duration and a progress bar while training; Airflow's own output goes to
+    logs/pipeline.log (its last lines are shown when a task fails)."""
+    from pipeline.ops.progress import ENV, ProgressView
+
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    log_file, events = logs / "pipeline.log", logs / "pipeline-progress.jsonl"
+    events.write_text("")
+    env = airflow_env(root) | {ENV: str(events)}
+    echo(f"Training DAG {DAG_ID} (full log: {log_file})")
+    with log_file.open("w") as log, ProgressView(events, echo):
+        status = _run([str(BIN / "airflow"), "db", "migrate"], env, root, log)
+        if status == 0:
+            command = [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf or {})]
+            status = _run(command, env, root, log)
+    if status != 0:
+        tail = log_file.read_text(errors="replace").splitlines()[-25:]
+        echo("\n".join(["The training DAG failed; the end of its log:", *tail, f"(all of it in {log_file})"]))
+    return status
 
 
 def has_production_model(root: Path) -> bool:
@@ -195,8 +212,8 @@ def up(root: Path, echo=print) -> int:
     api_token(root)  # made once, owner-only, before any service can need it
     if not has_production_model(root):
         echo("No production model yet: running the training DAG once (airflow dags test) ...")
-        if pipeline_run(root) != 0:
-            echo("The training DAG failed; see the output above. Nothing was started.")
+        if pipeline_run(root, echo=echo) != 0:
+            echo("Nothing was started.")
             return 1
     started: list[Service] = []
     stopping = False

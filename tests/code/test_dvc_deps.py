@@ -17,7 +17,7 @@ import yaml
 from tests.conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "pipeline"
-STAGES = ("ingest", "preprocess", "features", "train", "evaluate")
+STAGES = ("ingest", "preprocess", "features", "train", "baselines", "evaluate")
 
 
 def module_path(name: str) -> Path | None:

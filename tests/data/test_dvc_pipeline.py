@@ -56,3 +56,24 @@ def test_editing_a_metric_module_makes_train_and_evaluate_stale(trained_project)
     assert {"train", "evaluate"} <= stale, status
     assert not {"ingest", "preprocess", "features"} & stale, status
     assert "up to date" in run(["dvc", "status"], trained_project).stdout
+
+
+def test_new_train_values_leave_the_baselines_stage_up_to_date(trained_project):
+    """A new NCF (here: another learning rate) reruns train (and then evaluate), never the baselines, whose
+    stage depends on the data and their own params only; a baseline's params do rerun it."""
+    params_file = trained_project / "params.yaml"
+    original = params_file.read_text()
+
+    def stale_after(edit: str, replacement: str) -> set[str]:
+        assert edit in original
+        try:
+            params_file.write_text(original.replace(edit, replacement, 1))
+            status = run(["dvc", "status"], trained_project).stdout
+        finally:
+            params_file.write_text(original)
+        return {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith(("\t", " "))}
+
+    stale = stale_after("  lr: 0.01", "  lr: 0.02")  # evaluate follows once train's model changed
+    assert "train" in stale and "baselines" not in stale, stale
+    assert "baselines" in stale_after("  random:\n    seed: 0", "  random:\n    seed: 1")
+    assert "up to date" in run(["dvc", "status"], trained_project).stdout

@@ -23,7 +23,9 @@ def real_metrics(real_trained):
     ws, _ = real_trained
     from pipeline.config import load_params
 
-    stages.evaluate(ws, load_params(ws.root))
+    params = load_params(ws.root)
+    stages.baselines(ws, params)
+    stages.evaluate(ws, params)
     return io.read_json(ws.reports / "metrics.json")
 
 

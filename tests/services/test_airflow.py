@@ -16,16 +16,17 @@ import pytest
 from pipeline.ops import registry, tracking
 from tests.conftest import BIN, REPO_ROOT, copy_project, free_port, run, use_small_params
 
-ORDER = [
-    "fetch_and_validate",
-    "ingest",
-    "preprocess",
-    "features",
-    "train",
-    "evaluate",
-    "register",
-    "gate_and_promote",
-]
+UPSTREAM = {  # each task's upstream tasks: a chain, except that train and baselines both follow features
+    "fetch_and_validate": set(),
+    "ingest": {"fetch_and_validate"},
+    "preprocess": {"ingest"},
+    "features": {"preprocess"},
+    "train": {"features"},
+    "baselines": {"features"},
+    "evaluate": {"train", "baselines"},
+    "register": {"evaluate"},
+    "gate_and_promote": {"register"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +46,7 @@ def load_dag(dags_folder: Path):
 
 def test_dag_structure(airflow_db):
     dag = load_dag(REPO_ROOT / "dags")
-    order, task = [], dag.get_task("fetch_and_validate")
-    while task is not None:
-        order.append(task.task_id)
-        downstream = list(task.downstream_list)
-        assert len(downstream) <= 1
-        task = downstream[0] if downstream else None
-    assert order == ORDER
+    assert {task.task_id: set(task.upstream_task_ids) for task in dag.tasks} == UPSTREAM
     for task in dag.tasks:
         assert task.retries >= 1, task.task_id
         assert task.doc_md, task.task_id
@@ -82,7 +77,7 @@ def test_dag_end_to_end_then_rerun_skips_data_stages(airflow_db, tmp_path, synth
     second = load_dag(root / "dags").test()  # a fresh DAG object: conf must not leak between runs
     assert second.state == "success"
     results = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in second.get_task_instances()}
-    for stage in ("ingest", "preprocess", "features", "train", "evaluate"):
+    for stage in ("ingest", "preprocess", "features", "train", "baselines", "evaluate"):
         assert results[stage]["skipped"] is True, (stage, results[stage])
     assert results["register"]["created"] is False
     assert len(registry.list_versions(client)) == versions
@@ -100,6 +95,7 @@ def test_dag_end_to_end_then_rerun_skips_data_stages(airflow_db, tmp_path, synth
     assert third.state == "success"
     results = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in third.get_task_instances()}
     assert results["train"]["overrides"] == {"train.epochs": 3}
+    assert results["baselines"]["skipped"] is True  # a new NCF never evaluates the baselines again
     assert params_file.read_bytes() == params_before
     assert (lock_file.read_bytes(), lock_file.stat().st_mtime_ns) == lock_before
     experiments = run(["dvc", "exp", "show", "--json"], root).stdout
