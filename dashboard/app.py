@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
-from data_access import NoModel, current, serving_status
+from data_access import Loading, NoModel, current, serving_status
 
 st.set_page_config(page_title="bookrec", page_icon=":material/menu_book:", layout="wide")
 
@@ -38,6 +38,9 @@ with st.sidebar:
             ("Personalization@10", "metric.personalization_at_10"),
         ):
             st.markdown(f"{label} **{float(tags.get(key, 'nan')):.4f}**")
+    except Loading as err:
+        st.markdown("**Model** `bookrec-ncf` (production)")
+        st.caption(str(err))  # the page reruns by itself when it is loaded
     except NoModel as err:
         st.warning(str(err))
 

@@ -1,21 +1,27 @@
 """Cached access to the registry, the production model and the feedback store. No model code here:
-everything goes through `pipeline`."""
+everything goes through `pipeline`.
+
+The production model loads in a background thread at the first visit (importing torch and MLflow
+and reading the model take several seconds): pages show their forms at once and fill in by
+themselves when the model is there. Nothing heavy is imported at module level for that reason."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
 
-from pipeline.config import load_params
-from pipeline.ops import registry, tracking
-from pipeline.serving.experiment import OnlineLoop
-from pipeline.serving.holder import ModelHolder, Served, ServingStatus, registry_holder
-from pipeline.serving.service import BookRecommender
-from pipeline.storage.feedback import FeedbackStore
+if TYPE_CHECKING:
+    from pipeline.serving.experiment import OnlineLoop
+    from pipeline.serving.holder import ModelHolder, ServingStatus
+    from pipeline.serving.service import BookRecommender
+    from pipeline.storage.feedback import FeedbackStore
 
 
 def root() -> Path:
@@ -25,6 +31,8 @@ def root() -> Path:
 
 def _store() -> str:
     """Cache key of everything read from the registry: which store, not just which function."""
+    from pipeline.ops import tracking
+
     return tracking.tracking_uri(root())
 
 
@@ -40,23 +48,71 @@ class NoModel(RuntimeError):
     """Nothing to serve: no production model, or the registry cannot be reached."""
 
 
+class Loading(NoModel):
+    """The production model is still loading (in the background, since `seconds`)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"Loading the production model ({seconds:.0f} s) ...")
+        self.seconds = seconds
+
+
 @st.cache_data(show_spinner=False)
 def version_info(store: str, version: str) -> Production:
     """What the sidebar shows of one registry version (immutable once registered, so cached for good)."""
+    from pipeline.ops import registry, tracking
+
     found = tracking.client(root()).get_model_version(registry.MODEL_NAME, version)
     created = pd.Timestamp(found.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")
     return Production(str(found.version), found.run_id, dict(found.tags), created)
 
 
-@st.cache_resource(show_spinner="Loading the production model ...")
+@dataclass
+class _Startup:
+    """The background load of the production model: one per registry and process."""
+
+    started: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    holder: ModelHolder | None = None
+    error: Exception | None = None
+    finished: float = 0.0
+
+    def run(self) -> None:
+        try:
+            from pipeline.serving.holder import registry_holder
+
+            # loads the version the `production` alias names, polls the alias every 15 s, and keeps
+            # serving the last version that loaded when a new one cannot be (the API does the same)
+            holder = registry_holder(root(), poll_seconds=15)
+            holder.refresh()  # raises when the registry cannot be reached
+            holder.start()
+            self.holder = holder
+        except Exception as err:
+            self.error = err
+        finally:
+            self.finished = time.monotonic()
+            self.done.set()
+
+
+@st.cache_resource(show_spinner=False)
+def _startup(store: str) -> _Startup:
+    startup = _Startup()
+    threading.Thread(target=startup.run, name="model-load", daemon=True).start()
+    return startup
+
+
+RETRY_SECONDS = 10  # a load that failed (registry unreachable) is tried again after this long
+
+
 def _holder(store: str) -> ModelHolder:
-    """One holder per registry and process, shared by every session: it loads the version the
-    `production` alias names, polls the alias every 15 s, and keeps serving the last version that
-    loaded when a new one cannot be (the API does the same)."""
-    holder = registry_holder(root(), poll_seconds=15)
-    holder.refresh()  # raises when the registry cannot be reached: nothing is cached then
-    holder.start()
-    return holder
+    startup = _startup(store)
+    if startup.error is not None and time.monotonic() - startup.finished > RETRY_SECONDS:
+        _startup.clear()
+        startup = _startup(store)
+    if not startup.done.is_set():
+        raise Loading(time.monotonic() - startup.started)
+    if startup.error is not None:
+        raise startup.error
+    return startup.holder
 
 
 def serving_status() -> ServingStatus:
@@ -66,6 +122,8 @@ def serving_status() -> ServingStatus:
 def current() -> tuple[Production, BookRecommender]:
     try:
         holder = _holder(_store())
+    except Loading:
+        raise
     except Exception as err:
         raise NoModel(f"The model registry cannot be reached ({_store()}): {err}") from err
     if holder.current is None:
@@ -79,8 +137,22 @@ def current() -> tuple[Production, BookRecommender]:
     return version_info(_store(), holder.current.version), holder.current.recommender
 
 
+@st.fragment(run_every=1.0)
+def rerun_when_loaded() -> None:
+    """While the model loads: check every second, and rerun the whole page once it is there."""
+    if _startup(_store()).done.is_set():
+        st.rerun(scope="app")
+
+
+def loading_notice(err: Loading) -> None:
+    st.info(f"{err} This page fills in by itself as soon as it is ready.", icon=":material/hourglass_top:")
+    rerun_when_loaded()
+
+
 @st.cache_resource
 def _feedback_store(url: str) -> FeedbackStore:
+    from pipeline.storage.feedback import FeedbackStore
+
     return FeedbackStore(url)
 
 
@@ -94,6 +166,9 @@ def feedback_store() -> FeedbackStore:
 def _online(url: str) -> OnlineLoop:
     """The dashboard's share of the online loop: its lists are logged as impressions and obey the
     run-time rules (unavailable books) like the API's. It always serves production."""
+    from pipeline.config import load_params
+    from pipeline.serving.experiment import OnlineLoop
+
     loop = OnlineLoop.create(_feedback_store(url), load_params(root()).serve)
     loop.rules.refresh()
     loop.rules.start()
@@ -108,6 +183,8 @@ def online() -> OnlineLoop:
 
 def log_list(model: BookRecommender, user_id: str, surface: str, isbns) -> str:
     """Log a list the dashboard shows; its request id, for the feedback it leads to."""
+    from pipeline.serving.holder import Served
+
     served = Served(current()[0].version, model)
     return online().log(
         served, user_id, "production", True, surface, model.item_indices(list(isbns), strict=False)
@@ -130,6 +207,8 @@ def online_report(days: float = 30):
 
 @st.cache_data(ttl=15, show_spinner=False)
 def _versions(store: str) -> pd.DataFrame:
+    from pipeline.ops import registry, tracking
+
     return pd.DataFrame(registry.list_versions(tracking.client(root())))
 
 
@@ -139,6 +218,8 @@ def versions() -> pd.DataFrame:
 
 @st.cache_data(ttl=15, show_spinner=False)
 def _serving_history(store: str) -> pd.DataFrame:
+    from pipeline.ops import registry, tracking
+
     return pd.DataFrame(registry.serving_history(tracking.client(root())))
 
 
@@ -148,8 +229,20 @@ def serving_history() -> pd.DataFrame:
 
 def model_or_stop() -> tuple[Production, BookRecommender]:
     """The production model, or a clear message in the page and nothing else rendered."""
+    found = model_if_ready()
+    if found is None:
+        st.stop()
+    return found
+
+
+def model_if_ready() -> tuple[Production, BookRecommender] | None:
+    """The production model; None while it loads (with a notice, and the page reruns when it is
+    there), or a clear message and nothing else rendered when there is none."""
     try:
         return current()
+    except Loading as err:
+        loading_notice(err)
+        return None
     except NoModel as err:
         st.info(str(err)) if "no production model" in str(err) else st.error(str(err))
         st.stop()

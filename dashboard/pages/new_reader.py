@@ -6,9 +6,9 @@ import streamlit as st
 from cards import cards_from, grid_html
 from data_access import log_list, model_or_stop, online
 
-from pipeline.serving.service import Reader
-
 info, model = model_or_stop()
+from pipeline.serving.service import Reader  # noqa: E402  (after the model: imports torch)
+
 st.header("Recommendations for a new reader")
 left, right = st.columns(2)
 age = left.number_input("Age", min_value=0, max_value=120, value=30, step=1)

@@ -5,18 +5,20 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 from cards import cards_from, grid_html
-from data_access import feedback_store, log_list, model_or_stop, online
+from data_access import feedback_store, log_list, model_if_ready, online
 
-info, model = model_or_stop()
 st.header("Recommendations for a reader")
-
-examples = model.example_users()
+found = model_if_ready()  # the form shows at once; the page reruns when a loading model is there
+examples = found[1].example_users() if found else []
 left, right = st.columns([2, 1])
 typed = left.text_input("Book-Crossing User-ID", placeholder="for example " + ", ".join(examples[:3]))
 picked = right.selectbox("or an example reader", ["—", *examples])
 user_id = (typed or (picked if picked != "—" else "")).strip()
 k = st.slider("How many recommendations", 5, 30, 10)
 
+if found is None:
+    st.stop()
+info, model = found
 if not user_id:
     st.info("Enter a User-ID or pick an example reader.")
     st.stop()

@@ -17,17 +17,58 @@ pytestmark = pytest.mark.slow
 APP = REPO_ROOT / "dashboard" / "app.py"
 
 
+def loading(test) -> bool:
+    return any("Loading the production model" in c.value for c in test.sidebar.caption)
+
+
+def run_loaded(default_timeout: float = 90, timeout: float = 120):
+    """A new session of the app once the model's background load has finished (a real browser
+    reruns by itself; AppTest's reruns of one session re-render the page, never the sidebar)."""
+    from streamlit.testing.v1 import AppTest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        test = AppTest.from_file(str(APP), default_timeout=default_timeout).run()
+        if not loading(test) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not loading(test), "the model did not load"
+    return test
+
+
 @pytest.fixture
 def app(trained_project, monkeypatch):
+    monkeypatch.setenv("BOOKREC_ROOT", str(trained_project))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(REPO_ROOT / "dashboard")
+    test = run_loaded()
+    assert not test.exception, test.exception
+    return test
+
+
+def test_a_cold_start_shows_the_form_at_once_and_the_model_when_it_has_loaded(trained_project, monkeypatch):
+    """The first visit of a fresh process does not wait for the model: the sidebar says it is loading,
+    the reader form is there; the same session then shows the model without the visitor doing anything
+    (here: the rerun the page's timer would cause)."""
+    import streamlit as st
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("BOOKREC_ROOT", str(trained_project))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(REPO_ROOT / "dashboard")
-    test = AppTest.from_file(str(APP), default_timeout=90)
-    test.run()
-    assert not test.exception, test.exception
-    return test
+    st.cache_resource.clear()  # as in a process that never loaded the model
+    first = AppTest.from_file(str(APP), default_timeout=90).run()
+    assert not first.exception, first.exception
+    assert loading(first)
+    assert [t.label for t in first.text_input] == ["Book-Crossing User-ID"]
+    assert any("fills in by itself" in i.value for i in first.info)
+    deadline = time.monotonic() + 120
+    while len(first.run().selectbox[0].options) == 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(first.selectbox[0].options) > 1  # the example readers, from the model, same session
+    assert not first.info or not any("fills in by itself" in i.value for i in first.info)
+    sidebar = " ".join(m.value for m in run_loaded().sidebar.markdown)
+    assert "v1 (production)" in sidebar
 
 
 def html_bodies(test) -> str:
@@ -200,7 +241,6 @@ def test_models_page_lists_versions(app):
 def test_sidebar_says_degraded_when_production_cannot_be_loaded(app, trained_project, tmp_path):
     """Production moved (as by hand in the MLflow UI) to a version with corrupt weights: the sidebar
     says degraded, gives the load error and the version still serving; restored afterwards."""
-    from streamlit.testing.v1 import AppTest
 
     from pipeline.ops import registry, tracking
 
@@ -211,8 +251,7 @@ def test_sidebar_says_degraded_when_production_cannot_be_loaded(app, trained_pro
     def sidebar_after_refresh(expect: str) -> str:
         deadline = time.monotonic() + 60  # the holder polls the alias every 15 s
         while time.monotonic() < deadline:
-            fresh = AppTest.from_file(str(APP), default_timeout=90)  # a new session, as a reload would be
-            fresh.run()
+            fresh = run_loaded()  # a new session, as a reload would be
             assert not fresh.exception, fresh.exception
             text = " ".join(m.value for m in [*fresh.sidebar.markdown, *fresh.sidebar.error])
             if expect in text:
@@ -231,19 +270,18 @@ def test_sidebar_says_degraded_when_production_cannot_be_loaded(app, trained_pro
 
 
 def test_no_production_model_and_unreachable_registry(tmp_path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
 
     empty = tmp_path / "empty"
     (empty / "mlruns").mkdir(parents=True)
     monkeypatch.setenv("BOOKREC_ROOT", str(empty))
     monkeypatch.chdir(REPO_ROOT / "dashboard")
-    test = AppTest.from_file(str(APP), default_timeout=60).run()
+    test = run_loaded(default_timeout=60)
     assert not test.exception
     assert any("no production model yet" in i.value for i in test.info), [i.value for i in test.info] + [
         e.value for e in test.error
     ]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    test = AppTest.from_file(str(APP), default_timeout=60).run()
+    test = run_loaded(default_timeout=60)
     assert not test.exception
     assert any("cannot be reached" in e.value for e in test.error)
 
