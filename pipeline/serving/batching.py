@@ -1,16 +1,19 @@
 """Micro-batching of recommendation requests on the API's event loop.
 
 Scoring one reader is memory-bound: the GMF half reads the whole (gmf_dim x n_items) item matrix,
-36 MB on the full catalog, to produce one row of scores. Requests that arrive while a batch is being
+36 MB on the full catalog, to produce one row of scores. Batches are scored on the batcher's own
+thread, so the event loop keeps reading requests meanwhile: those that arrive while a batch is being
 scored wait in `pending` and are scored together as the next batch, so the matrix is read once for
 all of them. Nothing waits on a timer: a lone request is scored at once, and batches form only when
-requests queue up anyway, under concurrency.
+requests queue up anyway, under concurrency. (Scored on the loop itself, a batch blocked the reading
+of the next requests, and batches at 8 concurrent clients held 1.6 requests on average.)
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,6 +67,8 @@ class RankBatcher:
         self.pending: list[RankRequest] = []
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        # One thread: batches are scored one after the other, each with every core torch is given.
+        self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank-batch")
 
     async def rank(
         self,
@@ -98,6 +103,7 @@ class RankBatcher:
         return await request.future
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -105,35 +111,34 @@ class RankBatcher:
             await asyncio.sleep(0)
             while self.pending:
                 batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
-                self._score(batch)
-                await asyncio.sleep(0)  # let new requests in between batches
+                outcomes = await loop.run_in_executor(self._scorer, self._score, batch)
+                for request, ok, value in outcomes:  # futures are settled on the loop's own thread
+                    if not request.future.done():
+                        request.future.set_result(value) if ok else request.future.set_exception(value)
 
-    def _score(self, batch: list[RankRequest]) -> None:
+    def _score(self, batch: list[RankRequest]) -> list[tuple[RankRequest, bool, object]]:
+        """(request, succeeded, answer or error) for every request of `batch`."""
         self.observe_batch_size(len(batch))
         groups: dict[tuple[int, str], list[RankRequest]] = {}
         for request in batch:  # a model swap (or an A/B test) may put two recommenders in one batch
             groups.setdefault((id(request.recommender), request.exclude), []).append(request)
+        outcomes = []
         for group in groups.values():
             try:
-                answers = rank_together(group)
+                outcomes += [(r, True, answer) for r, answer in zip(group, rank_together(group), strict=True)]
             except Exception:
                 # One bad request must not fail the others: score them one by one.
-                for request in group:
-                    self._settle_alone(request)
-                continue
-            for request, answer in zip(group, answers, strict=True):
-                if not request.future.done():
-                    request.future.set_result(answer)
+                outcomes += [self._alone(request) for request in group]
+        return outcomes
 
     @staticmethod
-    def _settle_alone(request: RankRequest) -> None:
-        if request.future.done():
-            return
+    def _alone(request: RankRequest) -> tuple[RankRequest, bool, object]:
         try:
-            request.future.set_result(rank_together([request])[0])
+            return request, True, rank_together([request])[0]
         except Exception as err:
-            request.future.set_exception(err)
+            return request, False, err
 
     def stop(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
+        self._scorer.shutdown(wait=False, cancel_futures=True)
