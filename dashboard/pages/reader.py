@@ -11,8 +11,10 @@ st.header("Recommendations for a reader")
 found = model_if_ready()  # the form shows at once; the page reruns when a loading model is there
 examples = found[1].example_users() if found else []
 left, right = st.columns([2, 1])
-typed = left.text_input("Book-Crossing User-ID", placeholder="for example " + ", ".join(examples[:3]))
-picked = right.selectbox("or an example reader", ["—", *examples])
+# Fixed keys and a placeholder that does not depend on the model: what a visitor types while the model
+# loads must survive the rerun that brings it (a widget whose parameters change is a new widget).
+typed = left.text_input("Book-Crossing User-ID", placeholder="a reader's User-ID", key="reader_user_id")
+picked = right.selectbox("or an example reader", ["—", *examples], key="reader_example")
 user_id = (typed or (picked if picked != "—" else "")).strip()
 k = st.slider("How many recommendations", 5, 30, 10)
 
