@@ -158,11 +158,10 @@ def bookrec_training():
         from pipeline.storage.rawdata import fetch
 
         ws, _ = Workspace.load(ROOT)
-        with progress.task("fetch_and_validate") as shown:
+        with progress.task("fetch_and_validate"):
             manifest = fetch(ws.raw, ws.cache, show_progress=False)
             interactions = export_to_raw(FeedbackStore.for_root(ROOT), ws.feedback)
             changed = track_raw_data(ROOT)
-            shown["skipped"] = not changed
         return {
             "variant": manifest["variant"],
             "feedback_interactions": interactions,

@@ -103,10 +103,16 @@ class ProgressView:
         from tqdm import tqdm
 
         if self._bar is None:
-            self._bar = tqdm(total=event["epochs"], desc=f"  {'train':<20}", unit="epoch", leave=False)
-        self._bar.update(event["epoch"] - self._bar.n)
+            # started at the first epoch's end: a rate would be meaningless, the elapsed time is not
+            self._bar = tqdm(
+                total=event["epochs"],
+                desc=f"  {'train':<20}",
+                bar_format="{desc} {bar:20} epoch {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+                leave=False,
+            )
         if "val_ndcg_at_10" in event:
-            self._bar.set_postfix({"val NDCG@10": f"{event['val_ndcg_at_10']:.4f}"})
+            self._bar.set_postfix({"val NDCG@10": f"{event['val_ndcg_at_10']:.4f}"}, refresh=False)
+        self._bar.update(event["epoch"] - self._bar.n)
 
     def _close_bar(self) -> None:
         if self._bar is not None:
