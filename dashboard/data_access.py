@@ -93,10 +93,17 @@ class _Startup:
             self.done.set()
 
 
+FIRST_RENDER_SECONDS = 1.0  # cold start, idle: sidebar and form after 3.9-4.0 s without it, 2.8-2.9 s with it
+
+
 @st.cache_resource(show_spinner=False)
 def _startup(store: str) -> _Startup:
     startup = _Startup()
-    threading.Thread(target=startup.run, name="model-load", daemon=True).start()
+    # Started a moment later: the first page is drawn before the import of torch and MLflow competes
+    # with it for the interpreter.
+    timer = threading.Timer(FIRST_RENDER_SECONDS, startup.run)
+    timer.daemon = True
+    timer.start()
     return startup
 
 
