@@ -79,8 +79,9 @@ def keep_freed_memory() -> None:
     except OSError:
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 1 << 30)  # the largest value glibc accepts is 32 MiB on 32-bit only
-    libc.mallopt(m_trim_threshold, 1 << 34)
+    # Both values must fit a C int (ctypes truncates larger ones silently): 1 GiB each.
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)
 
 
 def set_threads(threads: int) -> int:
