@@ -66,7 +66,7 @@ def test_serving_loads_no_ingestion_training_or_evaluation_code():
         assert module not in loaded, module
 
 
-@pytest.mark.parametrize("package", [*CORE, "storage", "ops", "serving"])
+@pytest.mark.parametrize("package", [*CORE, "storage", "ops", "serving", "cli"])
 def test_every_subpackage_says_what_it_holds_and_may_import(package):
     doc = ast.get_docstring(ast.parse((REPO_ROOT / "pipeline" / package / "__init__.py").read_text()))
     assert doc and "import" in doc.lower()
