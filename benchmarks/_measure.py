@@ -23,11 +23,18 @@ print("@@MEASURE@@" + json.dumps({"seconds": time.perf_counter() - started, "cod
 """
 
 
-def measure(args: list[str], cwd: Path) -> dict:
+def measure(args: list[str], cwd: Path, preexec_fn=None) -> dict:
+    """`preexec_fn` runs in the child before it starts (a resource limit, say)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", CHILD, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=preexec_fn,
     )
     line = next((x for x in done.stdout.splitlines() if x.startswith("@@MEASURE@@")), None)
     if line is None or json.loads(line[11:])["code"] != 0:

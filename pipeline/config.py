@@ -109,6 +109,7 @@ class EvaluateParams(Section):
     curve_max_k: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     cohort_top_countries: int = Field(ge=0)
+    two_stage: bool
     random: RandomParams
     itemknn_bm25: BM25KNNParams
     itemknn_bm25_tuned: BM25KNNParams
@@ -176,8 +177,16 @@ class ExperimentParams(Section):
         return "off" if value is False else value
 
 
+class RetrievalParams(Section):
+    candidates: int = Field(ge=0)
+    min_catalog: int = Field(ge=0)
+    neighbours: int = Field(ge=0)
+    sample: int = Field(ge=1)
+
+
 class ServeParams(Section):
     ann_threshold: int = Field(ge=0)
+    retrieval: RetrievalParams
     max_per_author: int | None = Field(ge=1)  # None: no cap
     experiment: ExperimentParams
     impression_queue: int = Field(ge=1)

@@ -1,6 +1,7 @@
 """The one ranking path (pure): scores, one exclusion matrix and the list rules in, the top K out.
 
-Every list bookrec makes goes through `Ranker.top_k`: validation during training, the choice of the
+Every list bookrec makes goes through `Ranker.top_k`, over every item's scores or, with two-stage
+retrieval (`pipeline.model.retrieval`), over each reader's own candidates: validation during training, the choice of the
 neighbourhood weight, `bookrec evaluate`, the gate's re-measurement, the MLflow pyfunc, the API and
 the dashboard, for recommendations and for similar books alike. So what is measured offline is what
 is served.
@@ -50,6 +51,21 @@ def mask(scores: np.ndarray, excluded: sp.csr_matrix) -> np.ndarray:
     return scores
 
 
+def mask_candidates(scores: np.ndarray, items: np.ndarray, excluded: sp.csr_matrix) -> np.ndarray:
+    """Set to -inf, in place, the entries of `scores` (B, C) whose item in `items` (B, C) is excluded
+    in that row of `excluded` (B, n_items)."""
+    excluded = excluded.tocsr()
+    n_items = excluded.shape[1]
+    rows = np.repeat(np.arange(excluded.shape[0], dtype=np.int64), np.diff(excluded.indptr))
+    keys = np.arange(len(items), dtype=np.int64)[:, None] * n_items + items
+    scores[np.isin(keys, rows * n_items + excluded.indices) & (items >= 0)] = -np.inf
+    return scores
+
+
+def _items_at(items: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    return np.where(columns >= 0, np.take_along_axis(items, columns.clip(min=0), axis=1), -1)
+
+
 @dataclass(frozen=True)
 class ListRules:
     one_per_work: bool = True
@@ -96,11 +112,22 @@ class Ranker:
         return Ranker(self.catalog, replace(self.rules, **changes))
 
     def top_k(
-        self, scores: np.ndarray, excluded: sp.csr_matrix | None, k: int
+        self, scores: np.ndarray, excluded: sp.csr_matrix | None, k: int, items: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(B, k) item indices (-1 pads) and scores. `scores` (B, n_items) is masked in place."""
+        """(B, k) item indices (-1 pads) and scores. `scores` (B, n_items) is masked in place; or, with
+        `items` (B, C: each row's own candidate items, -1 pads), `scores` are those items' (B, C)."""
+        if items is None:
+            if excluded is not None:
+                mask(scores, excluded.tocsr())
+            return self._columns(scores, k, None)
+        scores[items < 0] = -np.inf
         if excluded is not None:
-            mask(scores, excluded.tocsr())
+            mask_candidates(scores, items, excluded)
+        ids, best = self._columns(scores, k, items)
+        return _items_at(items, ids), best
+
+    def _columns(self, scores: np.ndarray, k: int, items: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The best K columns of `scores` under the rules; a column is the item itself, or its `items` entry."""
         if not self.rules.active:
             return plain_top_k(scores, k)
         ids = np.full((len(scores), k), -1, dtype=np.int64)
@@ -109,7 +136,7 @@ class Ranker:
         depth = min(scores.shape[1], 4 * k + 16)
         while len(rows):
             candidates, candidate_scores = plain_top_k(scores[rows], depth)
-            kept = self._eligible(candidates)
+            kept = self._eligible(candidates if items is None else _items_at(items[rows], candidates))
             picked = np.cumsum(kept, axis=1)
             complete = (picked[:, -1] >= k) | (depth >= scores.shape[1]) | (candidates[:, -1] < 0)
             row, column = np.nonzero(kept & (picked <= k) & complete[:, None])

@@ -216,6 +216,7 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
         "age_range": [params.ingest.min_age, params.ingest.max_age],
         "min_explicit_rating": params.preprocess.min_explicit_rating,
         "ann_threshold": params.serve.ann_threshold,
+        "retrieval": params.serve.retrieval.model_dump(),
         "max_per_author": params.serve.max_per_author,
         "train_params": params.train.model_dump(mode="json"),
         "best_epoch": history.best_epoch,
@@ -296,6 +297,11 @@ def evaluate(ws: Workspace, params: Params) -> dict:
         alone = bundle.recommender(data.train, neighbourhood=False).share_item_cache(ncf)
         reports["ncf_without_neighbourhood"] = evaluate_model(
             alone, data, settings.ks, settings.curve_max_k, batch_size=256
+        )
+    if settings.two_stage:
+        forced = bundle.recommender(data.train, two_stage=True).share_item_cache(ncf)
+        reports["ncf_two_stage"] = evaluate_model(
+            forced, data, settings.ks, settings.curve_max_k, batch_size=256
         )
     stored = io.read_json(ws.reports / BASELINES_REPORT)
     reports |= {name: ModelReport.from_dict(name, report) for name, report in stored.items()}

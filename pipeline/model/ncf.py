@@ -107,6 +107,14 @@ class ItemCache(NamedTuple):
     bias: torch.Tensor  # (N,)
 
 
+class CandidateRows(NamedTuple):
+    """The item-side terms of `ItemCache` for each reader's own candidates, items on the middle axis."""
+
+    gmf_weighted: torch.Tensor  # (B, C, gmf_dim)
+    mlp_first: torch.Tensor  # (B, C, h1)
+    bias: torch.Tensor  # (B, C)
+
+
 class Tower(nn.Module):
     """Free id embedding + side-feature embeddings (+ weighted history) summed into one vector per row."""
 
@@ -309,6 +317,16 @@ class NCF(nn.Module):
             else:  # deeper towers: the layers act on h1, so items go back to the middle axis
                 scores[start : start + chunk] += self._mlp_tail_after_relu(hidden.transpose(1, 2)) @ out_mlp
         return scores
+
+    @torch.no_grad()
+    def score_candidates(self, user: UserVectors, rows: CandidateRows) -> torch.Tensor:
+        """(B, C) scores of each reader's own C items, from their rows of the item-side terms (what
+        `score_all_items` computes, for those items only: two-stage retrieval's second stage)."""
+        scores = (rows.gmf_weighted @ user.gmf.unsqueeze(-1)).squeeze(-1) + rows.bias
+        first = self.mlp[0]
+        user_first = user.mlp @ first.weight[:, : self.config.mlp_dim].T  # (B, h1)
+        hidden = self._mlp_tail_after_relu((rows.mlp_first + user_first.unsqueeze(1)).relu_())
+        return scores + hidden @ self.output.weight[0, self.config.gmf_dim :]
 
     def _mlp_tail_after_relu(self, hidden: torch.Tensor) -> torch.Tensor:
         for layer in self.mlp[1:]:

@@ -48,20 +48,58 @@ class Neighbourhood:
         """(B, n_items) sums of similarities to the books of each history row; sparse, as most are 0."""
         return (history_rows @ self.similarity).tocsr()
 
-    def blend(self, model_scores: np.ndarray, history_rows: sp.csr_matrix) -> np.ndarray:
-        if self.weight == 0:
-            return model_scores
-        neighbours = self.scores(history_rows)
-        # z(neighbours) without densifying: its row mean and spread come from the non-zeros alone.
-        n_items = model_scores.shape[1]
+    def _scale_and_shift(self, neighbours: sp.csr_matrix, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, weight / spread and -weight * mean / spread of the neighbour scores over the catalog:
+        z(neighbours) without densifying, as its mean and spread come from the non-zeros alone."""
         mean = np.asarray(neighbours.sum(axis=1), dtype=np.float64).ravel() / n_items
         squares = np.asarray(neighbours.multiply(neighbours).sum(axis=1), dtype=np.float64).ravel()
         spread = np.sqrt(np.maximum(squares / n_items - mean**2, 0.0))
         scale = np.divide(self.weight, spread, out=np.zeros_like(spread), where=spread > 0)
-        blended = standardise_rows(model_scores, shift=-scale * mean)
+        return scale, -scale * mean
+
+    def blend(self, model_scores: np.ndarray, history_rows: sp.csr_matrix) -> np.ndarray:
+        if self.weight == 0:
+            return model_scores
+        neighbours = self.scores(history_rows)
+        scale, shift = self._scale_and_shift(neighbours, model_scores.shape[1])
+        blended = standardise_rows(model_scores, shift=shift)
         rows = np.repeat(np.arange(neighbours.shape[0]), np.diff(neighbours.indptr))
         blended[rows, neighbours.indices] += (scale[rows] * neighbours.data).astype(np.float32)
         return blended
+
+    def blend_candidates(
+        self,
+        model_scores: np.ndarray,
+        model_moments: tuple[np.ndarray, np.ndarray],
+        neighbours: sp.csr_matrix,
+        items: np.ndarray,
+    ) -> np.ndarray:
+        """`blend` at each row's own `items` (B, C; -1 pads) only, given the model scores there, their
+        mean and spread over the catalog (estimated elsewhere), and `scores(history_rows)`."""
+        if self.weight == 0:
+            return model_scores
+        mean, spread = model_moments
+        inverse = np.divide(
+            1.0, spread, out=np.zeros_like(spread), where=spread > 1e-12 * np.abs(mean).clip(1)
+        )
+        scale, shift = self._scale_and_shift(neighbours, neighbours.shape[1])
+        blended = model_scores * inverse.astype(np.float32)[:, None]
+        blended += (shift - mean * inverse).astype(np.float32)[:, None]
+        return blended + scale.astype(np.float32)[:, None] * values_at(neighbours, items)
+
+
+def values_at(matrix: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
+    """(B, C) entries of a (B, N) sparse matrix at each row's own `columns` (-1 pads read 0)."""
+    matrix = matrix.tocsr()
+    matrix.sort_indices()
+    n_rows, n_cols = matrix.shape
+    stored = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(matrix.indptr)) * n_cols + matrix.indices
+    wanted = np.arange(n_rows, dtype=np.int64)[:, None] * n_cols + columns
+    if not len(stored):
+        return np.zeros(columns.shape, dtype=np.float32)
+    position = np.searchsorted(stored, wanted).clip(max=len(stored) - 1)
+    found = (stored[position] == wanted) & (columns >= 0)
+    return np.where(found, matrix.data[position], 0.0).astype(np.float32)
 
 
 def history_rows(histories: list, n_items: int) -> sp.csr_matrix:

@@ -16,7 +16,8 @@ import scipy.sparse as sp
 import torch
 
 from pipeline.model.ncf import NCF, ItemCache
-from pipeline.model.neighbourhood import Neighbourhood
+from pipeline.model.neighbourhood import Neighbourhood, row_moments
+from pipeline.model.retrieval import CandidateIndex, RetrievalSettings
 from pipeline.ranking import Ranker
 
 if TYPE_CHECKING:
@@ -29,6 +30,11 @@ def one_hot_rows(items: np.ndarray, n_items: int) -> sp.csr_matrix:
     return sp.csr_matrix(
         (np.ones(len(items), dtype=np.float32), (np.arange(len(items)), items)), shape=(len(items), n_items)
     )
+
+
+def most_excluded(rows: sp.csr_matrix | None) -> int:
+    """The largest number of excluded items in one row (0 for no exclusion)."""
+    return int(np.diff(rows.indptr).max(initial=0)) if rows is not None else 0
 
 
 def ann_index(vectors: np.ndarray) -> hnswlib.Index:
@@ -102,13 +108,22 @@ class Recommender(ABC):
         scores = np.empty((len(users), k), dtype=np.float32)
         for start in range(0, len(users), batch_size):
             batch = users[start : start + batch_size]
-            batch_scores = np.array(self.score_users(batch), dtype=np.float32, copy=True)
-            batch_ranker = ranker or Ranker.plain(batch_scores.shape[1])
             rows = excluded[batch] if excluded is not None else None
+            batch_scores, items = self.candidate_scores(batch, most_excluded(rows))
+            batch_ranker = ranker or Ranker.plain(self.n_items(batch_scores, items))
             ids[start : start + len(batch)], scores[start : start + len(batch)] = batch_ranker.top_k(
-                batch_scores, rows, k
+                batch_scores, rows, k, items
             )
         return ids, scores
+
+    def candidate_scores(self, users: np.ndarray, extra: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The scores to rank: every item's (items None) or, for a model with two-stage retrieval, each
+        reader's candidates' (items: their indices, B x C, -1 pads); `extra`: how many of a reader's
+        items may be excluded at most. A writable copy."""
+        return np.array(self.score_users(users), dtype=np.float32, copy=True), None
+
+    def n_items(self, scores: np.ndarray, items: np.ndarray | None) -> int:
+        return scores.shape[1]
 
     def similarity(self, ann_threshold: int | None = None) -> ItemSimilarity:
         if self._similarity is None:
@@ -156,9 +171,15 @@ class NCFRecommender(Recommender):
         history: sp.csr_matrix,
         seen: sp.csr_matrix | None = None,
         neighbourhood: Neighbourhood | None = None,
+        retrieval: RetrievalSettings | None = None,
+        two_stage: bool | None = None,  # None: by catalog size (`RetrievalSettings.min_catalog`)
     ):
         self.model = model
         self.neighbourhood = neighbourhood
+        self.retrieval = retrieval or RetrievalSettings()
+        applies = self.retrieval.applies(model.config.n_items, forced=bool(two_stage))
+        self.two_stage = applies and two_stage is not False
+        self._index: CandidateIndex | None = None
         self.user_features = user_features
         self.item_features = item_features
         self.history = history.tocsr()
@@ -173,26 +194,61 @@ class NCFRecommender(Recommender):
             self._cache = self.model.item_cache(self.item_features[: self.model.config.n_items])
         return self._cache
 
+    def candidate_index(self) -> CandidateIndex:
+        if self._index is None:
+            self._index = CandidateIndex(self.item_cache(), self.retrieval)
+        return self._index
+
     def share_item_cache(self, other: NCFRecommender) -> NCFRecommender:
-        """Use `other`'s item-side cache (same weights): one copy in memory."""
+        """Use `other`'s item-side cache and candidate index (same weights): one copy in memory."""
         self._cache = other.item_cache()
+        if self.two_stage and other.two_stage and self.retrieval == other.retrieval:
+            self._index = other.candidate_index()
         return self
+
+    def _user_vectors(self, user_rows: np.ndarray, features: torch.Tensor, history_rows: sp.csr_matrix):
+        users = torch.as_tensor(np.asarray(user_rows), dtype=torch.long)
+        return self.model.user_vectors(users, features, self.model.history_terms(history_rows))
 
     def score_rows(
         self, user_rows: np.ndarray, features: torch.Tensor, history_rows: sp.csr_matrix
     ) -> np.ndarray:
         """(B, n_items) scores for readers given as model rows (n_users = unknown reader), their
-        side-feature ids and their histories (binary CSR rows): every NCF score comes from here."""
+        side-feature ids and their histories (binary CSR rows): every full-ranking NCF score comes from here."""
         with torch.inference_mode():
-            users = torch.as_tensor(np.asarray(user_rows), dtype=torch.long)
-            terms = self.model.history_terms(history_rows)
-            vectors = self.model.user_vectors(users, features, terms)
+            vectors = self._user_vectors(user_rows, features, history_rows)
             scores = self.model.score_all_items(vectors, self.item_cache()).numpy()
         return self.neighbourhood.blend(scores, history_rows) if self.neighbourhood is not None else scores
+
+    def scored_rows(
+        self, user_rows: np.ndarray, features: torch.Tensor, history_rows: sp.csr_matrix, extra: int = 0
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """What to rank for these readers (see `candidate_scores`): `score_rows`, or with two-stage
+        retrieval the exact blend at each reader's candidates."""
+        if not self.two_stage:
+            return self.score_rows(user_rows, features, history_rows), None
+        index = self.candidate_index()
+        blend = self.neighbourhood is not None and self.neighbourhood.weight != 0
+        neighbours = self.neighbourhood.scores(history_rows) if blend else None
+        with torch.inference_mode():
+            vectors = self._user_vectors(user_rows, features, history_rows)
+            items = index.candidates(vectors.gmf, neighbours, extra)
+            scores = self.model.score_candidates(vectors, index.rows(items)).numpy()
+            if blend:
+                sample = self.model.score_all_items(vectors, index.sample_cache).numpy()
+                scores = self.neighbourhood.blend_candidates(scores, row_moments(sample), neighbours, items)
+        return scores, items
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
         return self.score_rows(users, self.user_features[users], self.history[users])
+
+    def candidate_scores(self, users: np.ndarray, extra: int) -> tuple[np.ndarray, np.ndarray | None]:
+        users = np.asarray(users, dtype=np.int64)
+        return self.scored_rows(users, self.user_features[users], self.history[users], extra)
+
+    def n_items(self, scores: np.ndarray, items: np.ndarray | None) -> int:
+        return self.model.config.n_items
 
     def item_vectors(self) -> np.ndarray:
         """The GMF item vectors (id and side features) next to the MLP tower's, each normalised."""

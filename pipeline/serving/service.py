@@ -20,7 +20,7 @@ import torch
 
 from pipeline.data.locations import split_location
 from pipeline.data.protocol import is_positive
-from pipeline.model.recommender import NCFRecommender
+from pipeline.model.recommender import NCFRecommender, most_excluded
 from pipeline.ranking import ListRules, Ranker
 from pipeline.storage.bundle import POSITIVES, Bundle, load_bundle
 
@@ -111,26 +111,13 @@ class BookRecommender:
         read or rated. "train": exactly the evaluation protocol (history = train; excluded = train,
         validation, dislikes, and their other editions). One extra empty row (index n_users) stands for
         readers the model does not know, so every reader indexes the same matrices."""
-        user_features, item_features = bundle.user_feature_tensor(), bundle.item_feature_tensor()
 
         def padded(matrix: sp.csr_matrix) -> sp.csr_matrix:
             return sp.vstack([matrix, sp.csr_matrix((1, bundle.n_items), dtype=np.float32)]).tocsr()
 
-        every = NCFRecommender(
-            bundle.model,
-            user_features,
-            item_features,
-            padded(bundle.matrix(POSITIVES)),
-            padded(bundle.exclusion()),
-            bundle.neighbourhood,
-        )
-        train = NCFRecommender(
-            bundle.model,
-            user_features,
-            item_features,
-            padded(bundle.matrix(("train",))),
-            padded(bundle.exclusion(("train", "validation", "dislike"))),
-            bundle.neighbourhood,
+        every = bundle.recommender(padded(bundle.matrix(POSITIVES)), padded(bundle.exclusion()))
+        train = bundle.recommender(
+            padded(bundle.matrix(("train",))), padded(bundle.exclusion(("train", "validation", "dislike")))
         ).share_item_cache(every)
         return {"all": every, "train": train}
 
@@ -280,14 +267,15 @@ class BookRecommender:
         if blocked:
             lists = [self.item_indices(blocked.get(str(u).strip(), ()), strict=False) for u in user_ids]
             excluded = binary_union(excluded, item_rows(lists, self.bundle.n_items))
-        scores = engine.score_rows(rows, features, history)
+        scores, items = engine.scored_rows(rows, features, history, most_excluded(excluded))
         per_reader = rules if isinstance(rules, list) else [rules or self.ranker.rules] * len(rows)
         ids = np.full((len(rows), k), -1, dtype=np.int64)
         best = np.full((len(rows), k), -np.inf, dtype=np.float32)
         for group_rules in set(per_reader):  # readers asking for the same rules are ranked together
             group = np.flatnonzero([r == group_rules for r in per_reader])
             ranker = Ranker(self.catalog, group_rules)
-            ids[group], best[group] = ranker.top_k(scores[group], excluded[group], k)
+            group_items = None if items is None else items[group]
+            ids[group], best[group] = ranker.top_k(scores[group], excluded[group], k, group_items)
         return ids, best
 
     def _readers(self, engine, user_ids, readers, extra_reads, extra_excluded):

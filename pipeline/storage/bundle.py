@@ -23,6 +23,7 @@ from pipeline.data.features import ITEM_FEATURES, USER_FEATURES, FeatureVocabula
 from pipeline.model.ncf import NCF, NCFConfig
 from pipeline.model.neighbourhood import Neighbourhood
 from pipeline.model.recommender import NCFRecommender
+from pipeline.model.retrieval import RetrievalSettings
 
 WEIGHTS, CONFIG, METADATA = "weights.safetensors", "model_config.json", "metadata.json"
 USERS, ITEMS, INTERACTIONS = "users.parquet", "items.parquet", "interactions.parquet"
@@ -125,10 +126,16 @@ class Bundle:
         return matrix
 
     def recommender(
-        self, history: sp.csr_matrix, seen: sp.csr_matrix | None = None, neighbourhood: bool = True
+        self,
+        history: sp.csr_matrix,
+        seen: sp.csr_matrix | None = None,
+        neighbourhood: bool = True,
+        two_stage: bool | None = None,
     ) -> NCFRecommender:
         """The bundle's network behind the recommender interface, reading `history` (users x items);
-        with its ItemKNN term unless `neighbourhood` is False (the network alone)."""
+        with its ItemKNN term unless `neighbourhood` is False (the network alone); with two-stage
+        retrieval as the bundle's settings say for its catalog size, unless `two_stage` forces it on
+        (True) or off (False). Versions trained before two-stage retrieval rank in full."""
         return NCFRecommender(
             self.model,
             self.user_feature_tensor(),
@@ -136,6 +143,8 @@ class Bundle:
             history,
             seen,
             self.neighbourhood if neighbourhood else None,
+            RetrievalSettings.from_json(self.metadata.get("retrieval")),
+            two_stage,
         )
 
     @cached_property

@@ -1,0 +1,165 @@
+"""How each stage's wall time and peak memory grow with the data: synthetic Book-Crossing at N times.
+
+    python benchmarks/scale.py [--scales 1,10] [--data-scales 100] [--source ../shared/data/book-crossing]
+                               [--workdir DIR] [--memory-limit-gib 20] [--out reports]
+
+For each scale, in a fresh copy of the project: `bookrec data synth --scale N` (the generator itself
+is measured too), `bookrec data fetch --source ... --allow-modified`, then every stage (`--scales`) or
+the data stages only (`--data-scales`: ingest, preprocess, features), each in its own process (wall
+time and peak RSS, `benchmarks/_measure.py`). A stage that fails (out of memory under
+`--memory-limit-gib`, a crash) is recorded with its error and the rest of that scale is skipped.
+Writes `scale.json` (every measurement) and `scale.png` (log-log time and memory against the scale)
+into `--out`, and prints each stage's growth exponent: the least-squares slope of log(time) against
+log(scale) (1: linear, 2: quadratic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._measure import measure  # noqa: E402
+from tests.conftest import copy_project  # noqa: E402
+
+DATA_STAGES = ("ingest", "preprocess", "features")
+MODEL_STAGES = ("train", "baselines", "evaluate", "register")
+
+
+def limited(gib: float | None):
+    """A preexec_fn capping the child's address space, so that a stage out of memory fails alone
+    instead of waking the kernel's OOM killer on the whole machine."""
+    if not gib:
+        return None
+    limit = int(gib * 2**30)
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def run_scale(scale: float, everything: bool, args, workdir: Path) -> list[dict]:
+    project = copy_project(workdir / f"x{scale:g}")
+    synthetic = workdir / f"synthetic-x{scale:g}"
+    steps = [
+        (
+            "synth",
+            ["data", "synth", "--scale", f"{scale:g}", "--out", str(synthetic)]
+            + (["--source", str(args.source)] if args.source else []),
+        )
+    ]
+    steps.append(("fetch", ["data", "fetch", "--source", str(synthetic), "--allow-modified"]))
+    steps += [(stage, [stage]) for stage in DATA_STAGES + (MODEL_STAGES if everything else ())]
+    rows = []
+    for name, command in steps:
+        memory = args.memory_limit_gib if name in DATA_STAGES + ("synth", "fetch") else None
+        try:
+            result = measure(command, project, preexec_fn=limited(memory))
+        except RuntimeError as err:
+            rows.append({"scale": scale, "stage": name, "error": str(err)[-1500:]})
+            print(f"x{scale:g} {name}: FAILED ({str(err).splitlines()[-1][:200]})", flush=True)
+            break
+        rows.append(
+            {
+                "scale": scale,
+                "stage": name,
+                "seconds": result["seconds"],
+                "peak_rss_mib": result["peak_rss_mib"],
+            }
+        )
+        print(
+            f"x{scale:g} {name}: {result['seconds']:.1f} s, {result['peak_rss_mib'] / 1024:.2f} GiB",
+            flush=True,
+        )
+    counts = project / "data" / "processed" / "protocol_report.json"
+    if counts.is_file():
+        rows.append({"scale": scale, "stage": "protocol_report", "report": json.loads(counts.read_text())})
+    if not args.keep:
+        shutil.rmtree(synthetic, ignore_errors=True)
+        shutil.rmtree(project, ignore_errors=True)
+    return rows
+
+
+def exponent(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of log(value) against log(scale)."""
+    if len(points) < 2:
+        return None
+    xs, ys = zip(*((math.log(s), math.log(max(v, 1e-3))) for s, v in points), strict=True)
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread if spread else None
+
+
+def summarise(rows: list[dict]) -> dict:
+    stages = [r for r in rows if "seconds" in r]
+    names = list(dict.fromkeys(r["stage"] for r in stages))
+    summary = {}
+    for name in names:
+        mine = [r for r in stages if r["stage"] == name]
+        summary[name] = {
+            "time_exponent": exponent([(r["scale"], r["seconds"]) for r in mine]),
+            "memory_exponent": exponent([(r["scale"], r["peak_rss_mib"]) for r in mine]),
+        }
+    return summary
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [r for r in rows if "seconds" in r]
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name in dict.fromkeys(r["stage"] for r in stages):
+        mine = sorted((r for r in stages if r["stage"] == name), key=lambda r: r["scale"])
+        scales = [r["scale"] for r in mine]
+        time_axis.plot(scales, [r["seconds"] for r in mine], marker="o", label=name)
+        memory_axis.plot(scales, [r["peak_rss_mib"] / 1024 for r in mine], marker="o", label=name)
+    for axis, label in ((time_axis, "wall time (s)"), (memory_axis, "peak RSS (GiB)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("data scale (x Book-Crossing)")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+    time_axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scales", default="1,10", help="scales run through every stage")
+    parser.add_argument("--data-scales", default="100", help="scales run through the data stages only")
+    parser.add_argument("--source", type=Path, default=None, help="the real data the generator fits")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--memory-limit-gib", type=float, default=20.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    parser.add_argument("--keep", action="store_true", help="keep the projects and synthetic files")
+    args = parser.parse_args()
+    scales = [float(s) for s in args.scales.split(",") if s]
+    data_scales = [float(s) for s in args.data_scales.split(",") if s and float(s) not in scales]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bookrec-scale-"))
+    rows: list[dict] = []
+    for scale in sorted(scales + data_scales):
+        rows += run_scale(scale, scale in scales, args, workdir)
+    summary = summarise(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scale.json").write_text(json.dumps({"measurements": rows, "growth": summary}, indent=2))
+    plot(rows, args.out / "scale.png")
+    print(f"{'stage':<12}{'time exponent':>15}{'memory exponent':>17}")
+    for name, growth in summary.items():
+        t, m = growth["time_exponent"], growth["memory_exponent"]
+        print(f"{name:<12}{'-' if t is None else f'{t:.2f}':>15}{'-' if m is None else f'{m:.2f}':>17}")
+    print(f"wrote {args.out / 'scale.json'} and {args.out / 'scale.png'}")
+
+
+if __name__ == "__main__":
+    main()
