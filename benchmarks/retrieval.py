@@ -191,6 +191,7 @@ def main() -> None:
             bundle,
             [int(s) for s in args.sizes.split(",")],
             candidates,
+            args.sample,
             args.full_max,
             args.readers,
         )
