@@ -84,7 +84,8 @@ def format_rows(frame: pd.DataFrame, header: bool = False) -> str:
     writer = csv.writer(buffer, **DIALECT)
     if header:
         writer.writerow(frame.columns)
-    writer.writerows(frame.itertuples(index=False, name=None))
+    # Plain object arrays: iterating pandas' Arrow-backed strings row by row is ten times slower.
+    writer.writerows(zip(*(frame[column].to_numpy(object) for column in frame.columns), strict=True))
     text = buffer.getvalue()
     # Inside a field every quote is escaped, so `;"NULL"` + line end can only be a whole last field.
     return text.replace(';"NULL"\r\n', ";NULL\r\n") if "Age" in frame.columns else text
