@@ -12,7 +12,7 @@ import typer
 
 from pipeline.cli.common import app, reports_errors, run_stage, workspace
 
-data_app = typer.Typer(help="Raw data: fetch and verify.", no_args_is_help=True)
+data_app = typer.Typer(help="Raw data: fetch, verify, synthesise at scale.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -54,6 +54,33 @@ def data_fetch(
     typer.echo(f"{ws.raw}: {state} ({manifest['variant']} from {manifest['source']})")
     if changed:
         announce_new_data(ws.root, {"source": manifest["source"]})
+
+
+@data_app.command("synth")
+@reports_errors
+def data_synth(
+    scale: Annotated[float, typer.Option(help="Size relative to the real dump: 10 = ten times, 0.05 = 5%.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder to write BX-Book-Ratings.csv, BX-Books.csv, BX-Users.csv to.")
+    ],
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            help="The real dump to profile (folder or zip, plain or .gz); default: data/raw if it holds "
+            "the original dump, else ../shared/data/book-crossing"
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT when it exists and is not empty.")] = False,
+) -> None:
+    """Write a Book-Crossing look-alike at SCALE times the real size (for `data fetch --source OUT --allow-modified`)."""
+    from pipeline.storage.synth import default_source, synthesise
+
+    if source is None:
+        ws, _ = workspace()
+        source = default_source(ws.root, ws.raw)
+    summary = synthesise(source, out, scale=scale, seed=seed, force=force)
+    typer.echo(json.dumps(summary, indent=2))
 
 
 def announce_new_data(root: Path, extra: dict) -> None:
