@@ -108,6 +108,7 @@ class EvaluateParams(Section):
     ks: tuple[int, ...]
     curve_max_k: int = Field(ge=1)
     batch_size: int = Field(ge=1)
+    processes: int = Field(ge=0)
     cohort_top_countries: int = Field(ge=0)
     two_stage: bool
     random: RandomParams

@@ -6,6 +6,7 @@ previous outputs exactly as they were.
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -128,6 +129,7 @@ def evaluation_data(
         dislikes=io.read_parquet(ws.processed / "dislikes.parquet"),
         rules=ListRules(one_per_work=True, max_per_author=params.serve.max_per_author),
         protocol=protocol,
+        processes=params.evaluate.processes or len(os.sched_getaffinity(0)),
     )
 
 

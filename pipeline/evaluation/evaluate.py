@@ -11,12 +11,16 @@ recommendations.
 
 from __future__ import annotations
 
+import mmap
+import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from pipeline.data.catalog import Catalog
@@ -62,6 +66,7 @@ class EvaluationData:
     item_content: sp.csr_matrix
     ranker: Ranker  # the one ranking path, with the catalog and the list rules that serving uses
     cohorts: pd.DataFrame = field(default_factory=pd.DataFrame)  # index user_idx; one column per slicing
+    processes: int = 1  # readers are ranked in this many processes, one shard each (see `sharded`)
 
     @property
     def n_users(self) -> int:
@@ -78,9 +83,13 @@ class EvaluationData:
         self, recommender: Recommender, users: np.ndarray, k: int, batch_size: int = 2048
     ) -> np.ndarray:
         """(len(users), k) item indices: what `recommender` would serve these users under the protocol."""
-        return recommender.recommend(
-            users, k=k, exclude=self.exclude, ranker=self.ranker, batch_size=batch_size
-        )[0]
+
+        def lists_of(shard: np.ndarray) -> np.ndarray:
+            return recommender.recommend(
+                shard, k=k, exclude=self.exclude, ranker=self.ranker, batch_size=batch_size
+            )[0]
+
+        return sharded(lists_of, np.asarray(users, dtype=np.int64), k, self.processes)
 
     @classmethod
     def build(
@@ -93,6 +102,7 @@ class EvaluationData:
         dislikes: pd.DataFrame | None = None,
         rules: ListRules = SERVING_DEFAULT,
         protocol: str = PROTOCOL,
+        processes: int = 1,
     ) -> EvaluationData:
         """`target` "test": train + validation are known; "validation": train is known. Known books,
         the user's `dislikes` and every other edition of either are excluded (and leave the truth).
@@ -123,7 +133,51 @@ class EvaluationData:
             content_vectors(items),
             Ranker(catalog, rules),
             cohorts if cohorts is not None else pd.DataFrame(),
+            processes,
         )
+
+
+MIN_SHARD = 500  # fewer readers per process than this are ranked in the calling process
+
+
+def sharded(
+    lists_of: Callable[[np.ndarray], np.ndarray], users: np.ndarray, k: int, processes: int
+) -> np.ndarray:
+    """`lists_of(users)`, with the readers split into `processes` contiguous shards, each ranked in a
+    forked process (one core each: ranking a reader is mostly single-threaded numpy and torch) that
+    writes its rows into shared memory; the same lists as one process, in the same order.
+
+    Fork, not spawn: the children share the parent's model and matrices copy-on-write, nothing is
+    serialised. The first reader is ranked here first, so lazily built caches are built once."""
+    processes = min(processes, len(users) // MIN_SHARD)
+    if processes <= 1:
+        return lists_of(users)
+    lists_of(users[:1])
+    buffer = mmap.mmap(
+        -1, max(len(users) * k * 8, 1)
+    )  # anonymous and shared: the children's writes show here
+    out = np.frombuffer(buffer, dtype=np.int64).reshape(len(users), k)
+    bounds = np.linspace(0, len(users), processes + 1).astype(np.int64)
+
+    def rank_shard(start: int, end: int) -> None:
+        torch.set_num_threads(1)
+        out[start:end] = lists_of(users[start:end])
+
+    context = multiprocessing.get_context("fork")
+    workers = [
+        context.Process(target=rank_shard, args=(a, b), daemon=True)
+        for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    failed = [worker.exitcode for worker in workers if worker.exitcode != 0]
+    if failed:
+        raise RuntimeError(
+            f"ranking readers in {processes} processes: {len(failed)} failed (exit codes {failed})"
+        )
+    return out.copy()
 
 
 def activity_bucket(train: sp.csr_matrix) -> pd.Series:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -163,3 +165,32 @@ def test_neighbourhood_blend_equals_the_dense_formula_on_random_data():
     model_scores = rng.normal(size=(4, 300)).astype(np.float32)
     dense = standardise_rows(model_scores) + 0.7 * standardise_rows((rows @ similarity).toarray())
     np.testing.assert_allclose(Neighbourhood(similarity, 0.7).blend(model_scores, rows), dense, atol=1e-4)
+
+
+def test_readers_ranked_in_several_processes_get_the_lists_of_one_process(monkeypatch):
+    """Sharded evaluation: each forked process ranks its shard into shared memory; the lists are the
+    ones a single process makes, in the same order, and a failing shard is an error, never a hole."""
+    from dataclasses import replace
+
+    from pipeline.evaluation import evaluate as evaluation
+
+    monkeypatch.setattr(evaluation, "MIN_SHARD", 10)
+    data = block_data(n_groups=4, users_per_group=30)
+    model = make_baseline("als", factors=8, regularization=5.0, alpha=10.0, iterations=5, seed=0).fit(
+        data.train
+    )
+    users = data.users_with_truth()
+    one = data.lists(model, users, k=6)
+    assert (one >= 0).all()
+    np.testing.assert_array_equal(replace(data, processes=3).lists(model, users, k=6), one)
+    calls = []
+    parent = os.getpid()
+
+    def lists_of(shard):
+        calls.append(os.getpid())
+        if os.getpid() != parent and shard[0] > users[0]:
+            raise MemoryError("a shard failed")
+        return model.recommend(shard, k=6, exclude=data.exclude)[0]
+
+    with pytest.raises(RuntimeError, match="1 failed"):
+        evaluation.sharded(lists_of, users, 6, processes=2)
