@@ -1,10 +1,11 @@
 """Training speed of NCF on the full bx-implicit-v2 train split with the params.yaml train section.
 
-    python benchmarks/train_speed.py [--root PATH] [--epochs N] [--threads T]   (needs data/processed and data/features)
+    python benchmarks/train_speed.py [--root PATH] [--epochs N] [--threads T] [--seed S]
     torchrun --standalone --nproc-per-node 2 benchmarks/train_speed.py --threads 1 [--root PATH]
 
-Under torchrun the processes train data-parallel and rank 0 prints. Prints triples (positive + sampled negatives) per second, seconds per epoch, the epoch with the best
-validation NDCG@10, the time to reach it, the total time and the peak RSS.
+(needs data/processed and data/features). Under torchrun the processes train data-parallel and rank 0
+prints. Prints triples (positive + sampled negatives) per second, seconds per epoch, the epoch with the
+best validation NDCG@10, the time to reach it, the total time and the peak RSS.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=ROOT, help="workspace with `dvc repro` done")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--threads", type=int, default=None, help="override train.threads (per process)")
+    parser.add_argument("--seed", type=int, default=None, help="override train.seed")
     args = parser.parse_args()
     ws, params = Workspace.load(args.root)
-    overrides = {"epochs": args.epochs, "threads": args.threads}
+    overrides = {"epochs": args.epochs, "threads": args.threads, "seed": args.seed}
     overrides = {key: value for key, value in overrides.items() if value is not None}
     params = params.model_copy(update={"train": params.train.model_copy(update=overrides)})
     # Train into a scratch folder: the benchmark must not replace the pipeline's model.
