@@ -1,9 +1,11 @@
 """Training speed of NCF on the full bx-implicit-v2 train split with the params.yaml train section.
 
-    python benchmarks/train_speed.py [--root PATH] [--epochs N]   (needs data/processed and data/features)
+    python benchmarks/train_speed.py [--root PATH] [--epochs N] [--threads T] [--seed S]
+    torchrun --standalone --nproc-per-node 2 benchmarks/train_speed.py --threads 1 [--root PATH]
 
-Prints triples (positive + sampled negatives) per second, seconds per epoch, the epoch with the best
-validation NDCG@10, the time to reach it, the total time and the peak RSS.
+(needs data/processed and data/features). Under torchrun the processes train data-parallel and rank 0
+prints. Prints triples (positive + sampled negatives) per second, seconds per epoch, the epoch with the
+best validation NDCG@10, the time to reach it, the total time and the peak RSS.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=ROOT, help="workspace with `dvc repro` done")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--threads", type=int, default=None, help="override train.threads (per process)")
+    parser.add_argument("--seed", type=int, default=None, help="override train.seed")
     args = parser.parse_args()
     ws, params = Workspace.load(args.root)
-    if args.epochs:
-        params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": args.epochs})})
+    overrides = {"epochs": args.epochs, "threads": args.threads, "seed": args.seed}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    params = params.model_copy(update={"train": params.train.model_copy(update=overrides)})
     # Train into a scratch folder: the benchmark must not replace the pipeline's model.
     scratch = ws.root / "reports" / "benchmark-train"
     ws = Workspace(
@@ -41,6 +46,8 @@ def main() -> None:
     started = time.perf_counter()
     summary = stages.train(ws, params, show_progress=False)
     total = time.perf_counter() - started
+    if "rank" in summary:  # another rank of a torchrun group: rank 0 wrote and reports
+        return
     from pipeline import io
 
     history = io.read_json(ws.model / "history.json")
@@ -50,6 +57,7 @@ def main() -> None:
         b["seconds"] - a["seconds"] for a, b in zip([{"seconds": 0.0}, *epochs], epochs, strict=False)
     ]
     triples = train_rows * (1 + params.train.negatives)
+    print(f"processes {summary['processes']}, threads per process {params.train.threads or 'every core'}")
     print(
         f"train rows {train_rows}, negatives {params.train.negatives} (hardest {params.train.hard_negatives})"
     )

@@ -178,9 +178,14 @@ def _with_feature_ids(table: pd.DataFrame, encoded: pd.DataFrame, key: str) -> p
 
 def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
     """Stage train: fit NCF on train, early-stop on validation, choose the neighbourhood term, save
-    models/ncf and the training curve."""
+    models/ncf and the training curve.
+
+    Under torchrun with several processes (`torchrun --nproc-per-node P --no-python bookrec train`)
+    every rank trains its shard of each batch (pipeline/model/distributed.py); rank 0 alone validates,
+    chooses the neighbourhood term and writes, the other ranks return a one-line summary."""
     from pipeline.evaluation.evaluate import ndcg_at
     from pipeline.evaluation.selection import choose_neighbourhood
+    from pipeline.model import distributed
     from pipeline.model.recommender import NCFRecommender
     from pipeline.model.train import build_model, fit, training_data
     from pipeline.ops import progress
@@ -193,15 +198,19 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
     def network(model) -> NCFRecommender:
         return NCFRecommender(model, data.user_features, data.item_features, validation.train)
 
-    model = build_model(data, params.train)
-    history = fit(
-        model,
-        data,
-        params.train,
-        lambda candidate: ndcg_at(network(candidate), validation, check_users, batch_size=512),
-        show_progress=show_progress,
-        on_epoch=lambda row: progress.report(task="train", epochs=params.train.epochs, **row),
-    )
+    with distributed.process_group():
+        rank, world = distributed.rank(), distributed.world_size()
+        model = build_model(data, params.train)
+        history = fit(
+            model,
+            data,
+            params.train,
+            lambda candidate: ndcg_at(network(candidate), validation, check_users, batch_size=512),
+            show_progress=show_progress,
+            on_epoch=lambda row: progress.report(task="train", epochs=params.train.epochs, **row),
+        )
+    if rank != 0:
+        return {"rank": rank, "processes": world, "epochs_run": len(history.epochs), "writes": "rank 0"}
     started = time.perf_counter()
     neighbourhood, by_weight = choose_neighbourhood(
         network(model), validation, check_users, params.train.neighbourhood
@@ -239,6 +248,7 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
         "seconds_total": round(history.seconds_total, 1),
         "negative_collision_rate": round(history.sampler_collision_rate, 6),
         "seconds_neighbourhood": round(neighbourhood_seconds, 1),
+        "processes": world,
     }
     io.write_json(summary, ws.reports / "train_metrics.json")
     with io.atomic_path(ws.reports / "train_curve.csv") as tmp:

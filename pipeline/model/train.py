@@ -2,6 +2,12 @@
 
 No MLflow here (tracking is its own edge); the loop returns a `History` and leaves the best weights
 in the model.
+
+Under torchrun with several processes (`distributed.active()`), the same loop is data-parallel:
+every rank shuffles the positives with the same seeded permutation and takes its shard of each
+global batch of `batch_size` positives, DistributedDataParallel averages the gradients, rank 0
+validates and its figure is broadcast, so every rank takes the same early-stopping decision and
+ends with the same weights. Without a process group nothing of this runs.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import TrainParams
 from pipeline.data.features import FeatureVocabulary
+from pipeline.model import distributed
 from pipeline.model.losses import bpr_loss, item_l2
 from pipeline.model.ncf import NCF, NCFConfig, TrainingRows, UserVectors
 from pipeline.model.sampling import NegativeSampler
@@ -85,7 +93,8 @@ def keep_freed_memory() -> None:
 
 
 def set_threads(threads: int) -> int:
-    count = threads if threads > 0 else (os.cpu_count() or 1)
+    """`threads` torch threads; 0 = every core, shared among the training processes on this machine."""
+    count = threads if threads > 0 else max(1, (os.cpu_count() or 1) // distributed.local_processes())
     torch.set_num_threads(count)
     # Deterministic kernels: with every core, two runs on the real data gave different weights and
     # best epochs (test NDCG@10 0.0773 and 0.0780) without this; with it they are bit-identical
@@ -189,19 +198,74 @@ def _batch_loss(model: NCF, data: TrainingData, epoch: _Epoch, batch: torch.Tens
     return loss
 
 
-def _train_epoch(model, data, epoch: _Epoch, optimizer, params: TrainParams, generator) -> float:
-    """One pass over the shuffled training positives; returns the mean batch loss."""
+class _BatchLoss(nn.Module):
+    """The loss of a batch of positives as a module's forward, for DistributedDataParallel: the step
+    builds the item table, history terms and scores outside `NCF.forward`, and DDP averages the
+    gradients of the parameters used in the forward of the module it wraps. Every parameter is used
+    in every step (the item towers by the whole-catalog table, the user towers by the batch's readers,
+    every MLP layer), so DDP needs no `find_unused_parameters`."""
+
+    def __init__(self, model: NCF, data: TrainingData, epoch: _Epoch, params: TrainParams, generator):
+        super().__init__()
+        self.model = model
+        self.data, self.epoch, self.params, self.generator = data, epoch, params, generator
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return _batch_loss(self.model, self.data, self.epoch, batch, self.params, self.generator)
+
+
+class _DataParallel:
+    """One rank's share of each step: its shard of the global batch, through DDP.
+
+    A shard's loss is a mean over its own positives; scaled by shard size x world size / global batch
+    size, DDP's average of the ranks' gradients is the gradient of the global batch's mean loss (BPR
+    and L2 alike), whatever the shard sizes."""
+
+    def __init__(self, model: NCF, data: TrainingData, epoch: _Epoch, params: TrainParams):
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Shuffling uses the run's generator (the same permutation on every rank); negatives and
+        # dropout use this rank's own streams.
+        seed = distributed.rank_seed(params.seed)
+        torch.manual_seed(seed)
+        sampling = torch.Generator().manual_seed(seed)
+        self.world = distributed.world_size()
+        self.step = DistributedDataParallel(_BatchLoss(model, data, epoch, params, sampling))
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        shard = distributed.shard(batch)
+        return self.step(shard) * (len(shard) * self.world / len(batch))
+
+
+def _train_epoch(
+    model,
+    data,
+    epoch: _Epoch,
+    optimizer,
+    params: TrainParams,
+    generator,
+    parallel: _DataParallel | None = None,
+) -> float:
+    """One pass over the shuffled training positives; returns the mean batch loss (over every rank's
+    positives when data-parallel)."""
     model.train()
     order = torch.randperm(len(epoch.users), generator=generator)
     total_loss, batches = 0.0, 0
     for start in range(0, len(order), params.batch_size):
-        loss = _batch_loss(model, data, epoch, order[start : start + params.batch_size], params, generator)
+        batch = order[start : start + params.batch_size]
+        if parallel is None:
+            loss = _batch_loss(model, data, epoch, batch, params, generator)
+        elif len(batch) < parallel.world:
+            break  # a last batch of fewer positives than ranks (at most world - 1 of an epoch's)
+        else:
+            loss = parallel.loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total_loss += float(loss.detach())
         batches += 1
-    return total_loss / max(batches, 1)
+    mean = total_loss / max(batches, 1)
+    return mean if parallel is None else distributed.mean_over_ranks(mean)
 
 
 def fit(
@@ -213,23 +277,37 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
 ) -> History:
     """Train `model` in place; the weights of the best validation epoch are restored at the end.
-    `on_epoch` sees each epoch's row (epoch, loss, validation NDCG@10, seconds) as it ends."""
+    `on_epoch` sees each epoch's row (epoch, loss, validation NDCG@10, seconds) as it ends.
+
+    Data-parallel under a process group (see the module's docstring): only rank 0 calls `validate`,
+    `on_epoch` and shows progress; every rank returns the same history and weights."""
     generator = seed_everything(params.seed)
     set_threads(params.threads)
     keep_freed_memory()
     epoch_data = _Epoch.of(data, params)
+    parallel = _DataParallel(model, data, epoch_data, params) if distributed.active() else None
+    main = distributed.is_main()
     optimizer = _optimizer(model, params)
     history = History()
     best_state = copy.deepcopy(model.state_dict())
     started = time.perf_counter()
     bad_epochs = 0
-    progress = tqdm(range(1, params.epochs + 1), desc="train", unit="epoch", disable=not show_progress)
+    progress = tqdm(
+        range(1, params.epochs + 1), desc="train", unit="epoch", disable=not (show_progress and main)
+    )
     for epoch in progress:
-        row = {"epoch": epoch, "loss": _train_epoch(model, data, epoch_data, optimizer, params, generator)}
+        loss = _train_epoch(model, data, epoch_data, optimizer, params, generator, parallel)
+        row = {"epoch": epoch, "loss": loss}
         elapsed = time.perf_counter() - started
-        if validate is not None and (epoch % params.eval_every == 0 or epoch == params.epochs):
+        validating = validate is not None and (epoch % params.eval_every == 0 or epoch == params.epochs)
+        figure = float("nan")
+        if validating and main:
             model.eval()
-            row["val_ndcg_at_10"] = validate(model)
+            figure = validate(model)
+        if parallel is not None:  # rank 0's figure and clock decide for every rank
+            figure, elapsed = distributed.from_main([figure, elapsed])
+        if validating:
+            row["val_ndcg_at_10"] = figure
             if row["val_ndcg_at_10"] > history.best_validation_ndcg:
                 history.best_validation_ndcg = row["val_ndcg_at_10"]
                 history.best_epoch = epoch
@@ -243,7 +321,7 @@ def fit(
             history.seconds_to_best = time.perf_counter() - started
         row["seconds"] = time.perf_counter() - started
         history.epochs.append(row)
-        if on_epoch is not None:
+        if on_epoch is not None and main:
             on_epoch(row)
         progress.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k in ("loss", "val_ndcg_at_10")})
         if bad_epochs >= params.patience:

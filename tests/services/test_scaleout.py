@@ -121,8 +121,10 @@ def test_every_environment_variable_the_code_reads_is_set(compose):
         "BOOKREC_DASHBOARD_PORT",
         "BOOKREC_API_PORT",
     }
+    # torchrun sets these in the processes it starts (data-parallel training, pipeline/model/distributed.py)
+    torchrun_sets = {"WORLD_SIZE", "LOCAL_WORLD_SIZE"}
     # Airflow reads its own AIRFLOW__* settings; the project's code reads these:
-    needed = read - launcher_only - {"PATH"}  # PATH is the image's own
+    needed = read - launcher_only - torchrun_sets - {"PATH"}  # PATH is the image's own
     assert {"BOOKREC_ROOT", "MLFLOW_TRACKING_URI", "BOOKREC_FEEDBACK_URL"} <= needed
     for name in CODE_SERVICES - {"mlflow"}:
         environment = compose["services"][name]["environment"]
