@@ -110,7 +110,9 @@ class Recommender(ABC):
             batch = users[start : start + batch_size]
             rows = excluded[batch] if excluded is not None else None
             batch_scores, items = self.candidate_scores(batch, most_excluded(rows))
-            batch_ranker = ranker or Ranker.plain(self.n_items(batch_scores, items))
+            # a plain ranker indexes its catalog by item: with candidates, up to the largest one
+            size = batch_scores.shape[1] if items is None else int(items.max(initial=0)) + 1
+            batch_ranker = ranker or Ranker.plain(size)
             ids[start : start + len(batch)], scores[start : start + len(batch)] = batch_ranker.top_k(
                 batch_scores, rows, k, items
             )
@@ -121,9 +123,6 @@ class Recommender(ABC):
         reader's candidates' (items: their indices, B x C, -1 pads); `extra`: how many of a reader's
         items may be excluded at most. A writable copy."""
         return np.array(self.score_users(users), dtype=np.float32, copy=True), None
-
-    def n_items(self, scores: np.ndarray, items: np.ndarray | None) -> int:
-        return scores.shape[1]
 
     def similarity(self, ann_threshold: int | None = None) -> ItemSimilarity:
         if self._similarity is None:
@@ -246,9 +245,6 @@ class NCFRecommender(Recommender):
     def candidate_scores(self, users: np.ndarray, extra: int) -> tuple[np.ndarray, np.ndarray | None]:
         users = np.asarray(users, dtype=np.int64)
         return self.scored_rows(users, self.user_features[users], self.history[users], extra)
-
-    def n_items(self, scores: np.ndarray, items: np.ndarray | None) -> int:
-        return self.model.config.n_items
 
     def item_vectors(self) -> np.ndarray:
         """The GMF item vectors (id and side features) next to the MLP tower's, each normalised."""

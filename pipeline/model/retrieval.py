@@ -32,7 +32,6 @@ class RetrievalSettings:
     min_catalog: int = 100_000  # full ranking below this many books
     neighbours: int = 0  # best ItemKNN neighbours added per reader; 0: as many as `candidates`
     sample: int = 4096  # books whose NCF scores estimate each reader's mean and spread
-    ef: int = 0  # HNSW search depth; 0: the number of books asked for
 
     @classmethod
     def from_json(cls, data: dict | None) -> RetrievalSettings:
@@ -81,7 +80,7 @@ class CandidateIndex:
     def _nearest(self, user_gmf: torch.Tensor, k: int) -> np.ndarray:
         if k >= self.n_items:  # every book (HNSW need not reach all of a graph)
             return np.broadcast_to(np.arange(self.n_items), (len(user_gmf), self.n_items))
-        self.index.set_ef(max(k, self.settings.ef))
+        self.index.set_ef(k)  # hnswlib needs a search depth of at least k
         query = torch.cat([user_gmf, torch.ones(len(user_gmf), 1)], dim=1).numpy()
         return self.index.knn_query(query, k=k, num_threads=1)[0].astype(np.int64)
 
