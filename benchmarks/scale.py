@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py [--scales 1,10] [--data-scales 100] [--source ../shared/data/book-crossing]
                                [--workdir DIR] [--memory-limit-gib 20] [--out reports]
+                               [--keep] [--synthetic-from DIR]
 
 For each scale, in a fresh copy of the project: `bookrec data synth --scale N` (the generator itself
 is measured too), `bookrec data fetch --source ... --allow-modified`, then every stage (`--scales`) or
@@ -53,6 +54,9 @@ def run_scale(scale: float, everything: bool, args, workdir: Path) -> list[dict]
             + (["--source", str(args.source)] if args.source else []),
         )
     ]
+    earlier = args.synthetic_from / synthetic.name if args.synthetic_from else None
+    if earlier is not None and (earlier / "synth.json").is_file():
+        synthetic, steps = earlier, []  # the same seed and scale: the same files, generated before
     steps.append(("fetch", ["data", "fetch", "--source", str(synthetic), "--allow-modified"]))
     steps += [(stage, [stage]) for stage in DATA_STAGES + (MODEL_STAGES if everything else ())]
     rows = []
@@ -79,7 +83,7 @@ def run_scale(scale: float, everything: bool, args, workdir: Path) -> list[dict]
     counts = project / "data" / "processed" / "protocol_report.json"
     if counts.is_file():
         rows.append({"scale": scale, "stage": "protocol_report", "report": json.loads(counts.read_text())})
-    if not args.keep:
+    if not args.keep and synthetic.parent == workdir:
         shutil.rmtree(synthetic, ignore_errors=True)
         shutil.rmtree(project, ignore_errors=True)
     return rows
@@ -143,6 +147,12 @@ def main() -> None:
     parser.add_argument("--memory-limit-gib", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
     parser.add_argument("--keep", action="store_true", help="keep the projects and synthetic files")
+    parser.add_argument(
+        "--synthetic-from",
+        type=Path,
+        default=None,
+        help="a --workdir kept (--keep) by an earlier run: reuse its synthetic-x<N> files, skip synth",
+    )
     args = parser.parse_args()
     scales = [float(s) for s in args.scales.split(",") if s]
     data_scales = [float(s) for s in args.data_scales.split(",") if s and float(s) not in scales]

@@ -72,6 +72,12 @@ class FeatureParams(Section):
         return self
 
 
+class EngineParams(Section):
+    memory_limit_gib: float = Field(gt=0)
+    chunk_rows: int = Field(ge=1)
+    threads: int = Field(ge=0)
+
+
 class RandomParams(Section):
     seed: int
 
@@ -208,6 +214,7 @@ class Params(Section):
     ingest: IngestParams
     preprocess: PreprocessParams
     features: FeatureParams
+    engine: EngineParams
     train: TrainParams
     evaluate: EvaluateParams
     serve: ServeParams

@@ -16,19 +16,13 @@ import pandas as pd
 from pipeline import io
 from pipeline.config import Params, Workspace
 from pipeline.data.features import build_features
-from pipeline.data.preprocess import build_interactions
 from pipeline.data.protocol import PROTOCOL
-from pipeline.data.split import split_interactions
 
 if TYPE_CHECKING:
     from pipeline.evaluation.evaluate import EvaluationData
 
 from pipeline.schemas import (
-    INTERACTIONS,
     ITEM_FEATURES,
-    PROCESSED_ITEMS,
-    PROCESSED_USERS,
-    REJECTED,
     USER_FEATURES,
 )
 
@@ -36,47 +30,32 @@ BASELINES_REPORT = "baselines.json"  # below paths.reports: every baseline's ful
 
 
 def ingest(ws: Workspace, params: Params) -> dict:
-    from pipeline.data.ingest import ingest_tables
     from pipeline.storage.feedback import FEEDBACK_FILE
-    from pipeline.storage.rawdata import locate_raw, read_raw_csv, verify_raw
+    from pipeline.storage.interim import ingest_files
+    from pipeline.storage.rawdata import locate_raw, verify_raw
 
     verify_raw(ws.raw)
-    files = locate_raw(ws.raw)
-    raw = {role: read_raw_csv(path, role) for role, path in files.items()}
     feedback_file = ws.feedback / FEEDBACK_FILE
-    if feedback_file.is_file():
-        files["feedback"] = feedback_file
-        raw["feedback"] = read_raw_csv(feedback_file, "ratings")
-    result = ingest_tables(raw, {role: path.name for role, path in files.items()}, params.ingest)
-    report = result.report()
-    for role, table in report.items():
-        if table["rows_read"] != table["rows_written"] + table["rows_rejected"]:
-            raise AssertionError(f"ingest lost rows of {role}: {table}")
     with io.atomic_directory(ws.interim) as out:
-        for role, table in result.tables().items():
-            if role != "feedback":  # feedback rows are inside ratings.parquet
-                io.write_parquet(table.clean, out / f"{role}.parquet")
-            io.write_parquet(REJECTED.validate(table.rejected), out / "rejected" / f"{role}.parquet")
+        report = ingest_files(
+            locate_raw(ws.raw),
+            feedback_file if feedback_file.is_file() else None,
+            out,
+            params.ingest,
+            params.engine,
+        )
+        for role, table in report.items():
+            if table["rows_read"] != table["rows_written"] + table["rows_rejected"]:
+                raise AssertionError(f"ingest lost rows of {role}: {table}")
         io.write_json(report, out / "ingest_report.json")
     return report
 
 
 def preprocess(ws: Workspace, params: Params) -> dict:
-    ratings = io.read_parquet(ws.interim / "ratings.parquet")
-    users = io.read_parquet(ws.interim / "users.parquet")
-    books = io.read_parquet(ws.interim / "books.parquet")
-    built = build_interactions(ratings, users, books, params.preprocess)
-    splits = split_interactions(built.interactions, built.users, built.items, params.preprocess)
-    counts = dict(built.counts) | {f"{name}_rows": len(frame) for name, frame in splits.items()}
-    counts["protocol"] = PROTOCOL
+    from pipeline.storage.processed import preprocess_files
+
     with io.atomic_directory(ws.processed) as out:
-        for name, frame in splits.items():
-            io.write_parquet(INTERACTIONS.validate(frame), out / f"{name}.parquet")
-        io.write_parquet(INTERACTIONS.validate(built.dislikes), out / "dislikes.parquet")
-        io.write_parquet(PROCESSED_USERS.validate(built.users), out / "users.parquet")
-        io.write_parquet(PROCESSED_ITEMS.validate(built.items), out / "items.parquet")
-        io.write_json(counts, out / "protocol_report.json")
-    return counts
+        return preprocess_files(ws.interim, out, params.preprocess, params.engine)
 
 
 def features(ws: Workspace, params: Params) -> dict:

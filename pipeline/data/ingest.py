@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import html
 import io
+import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import ftfy
 import numpy as np
@@ -27,13 +29,16 @@ class IngestError(ValueError):
     """A raw file cannot be parsed; says where."""
 
     def __init__(self, file: str, message: str, line: int | None = None, field: str | None = None):
-        self.file, self.line, self.field = file, line, field
+        self.file, self.message, self.line, self.field = file, message, line, field
         where = file
         if line is not None:
             where += f", line {line}"
         if field is not None:
             where += f", field {field!r}"
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):  # so that the error crosses from a worker process intact
+        return (IngestError, (self.file, self.message, self.line, self.field))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -56,48 +61,79 @@ def decode_text(data: bytes, file: str) -> str:
 
 
 def parse_raw_csv(text: str, role: str, file: str) -> pd.DataFrame:
+    """All fields of a whole file held in memory, as strings, plus `row` and `line`."""
+    frames = list(
+        iter_raw_frames(io.StringIO(text, newline=""), role, file, text.count("\n"), text.endswith("\n"))
+    )
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def iter_raw_frames(
+    stream: TextIO,
+    role: str,
+    file: str,
+    total_lines: int,
+    ends_with_newline: bool,
+    chunk_rows: int = 1 << 30,
+) -> Iterator[pd.DataFrame]:
+    """The records of `stream` (text, opened with newline="") in frames of at most `chunk_rows`:
+    every field as a string, plus `row` (1-based record number) and `line` (its first line).
+
+    `total_lines` (newlines in the file) and `ends_with_newline` name a truncated file before any
+    frame is yielded; a header-only file yields one empty frame."""
     expected = RAW_COLUMNS[role]
-    header_line = text.split("\n", 1)[0].rstrip("\r")
-    separator = _sniff_separator(header_line, expected, file)
-    if not text.endswith("\n"):
-        last_line = text.count("\n") + 1
-        raise IngestError(file, "the file ends in the middle of a line (truncated?)", line=last_line)
+    header_line = stream.readline()
+    separator = _sniff_separator(header_line.split("\n", 1)[0].rstrip("\r"), expected, file)
+    if not ends_with_newline:
+        raise IngestError(file, "the file ends in the middle of a line (truncated?)", line=total_lines + 1)
     # The original dump escapes quotes inside fields with a backslash; the Kaggle copy doubles them.
     reader = csv.reader(
-        io.StringIO(text, newline=""),
+        itertools.chain([header_line], stream),
         delimiter=separator,
         escapechar="\\" if separator == ";" else None,
         strict=True,
     )
     rows: list[list[str]] = []
     lines: list[int] = []
-    first_line = 1
+    first_row, first_line, yielded = 1, 1, False
     try:
         header = next(reader)
         _check_header(header, expected, file)
         first_line = reader.line_num + 1
         for record in reader:
             if len(record) != len(expected):
-                if not record:
-                    raise IngestError(file, "blank line inside the data", line=first_line)
-                raise IngestError(
-                    file,
-                    f"expected {len(expected)} fields separated by {separator!r}, found {len(record)}"
-                    + (" (truncated file?)" if reader.line_num == text.count("\n") else ""),
-                    line=first_line,
-                    field=expected[min(len(record), len(expected)) - 1]
-                    if len(record) < len(expected)
-                    else None,
-                )
+                _raise_wrong_width(record, expected, separator, file, first_line, reader.line_num == total_lines)
             rows.append(record)
             lines.append(first_line)
             first_line = reader.line_num + 1
+            if len(rows) == chunk_rows:
+                yield _raw_frame(rows, lines, expected, first_row)
+                first_row, rows, lines, yielded = first_row + len(rows), [], [], True
     except csv.Error as err:
         raise IngestError(
             file, f"malformed CSV ({err}); truncated or not a CSV file?", line=first_line
         ) from None
+    if rows or not yielded:
+        yield _raw_frame(rows, lines, expected, first_row)
+
+
+def _raise_wrong_width(
+    record: list[str], expected: tuple[str, ...], separator: str, file: str, line: int, at_end: bool
+) -> None:
+    if not record:
+        raise IngestError(file, "blank line inside the data", line=line)
+    raise IngestError(
+        file,
+        f"expected {len(expected)} fields separated by {separator!r}, found {len(record)}"
+        + (" (truncated file?)" if at_end else ""),
+        line=line,
+        field=expected[min(len(record), len(expected)) - 1] if len(record) < len(expected) else None,
+    )
+
+
+def _raw_frame(rows: list[list[str]], lines: list[int], expected: tuple[str, ...], first_row: int) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(expected), dtype=str)
-    frame["row"] = np.arange(1, len(frame) + 1, dtype=np.int64)
+    frame["row"] = np.arange(first_row, first_row + len(frame), dtype=np.int64)
     frame["line"] = np.asarray(lines, dtype=np.int64)
     return frame
 
@@ -147,6 +183,18 @@ class TableReport:
     def rows_rejected(self) -> int:
         return sum(self.rejected_by_reason.values())
 
+    def add(self, other: TableReport) -> None:
+        """Count `other` (the report of a later chunk of the same file) into this one."""
+        self.rows_read += other.rows_read
+        self.rows_written += other.rows_written
+        for mine, theirs in (
+            (self.rejected_by_reason, other.rejected_by_reason),
+            (self.values_set_missing, other.values_set_missing),
+            (self.notes, other.notes),
+        ):
+            for key, count in theirs.items():
+                mine[key] = mine.get(key, 0) + count
+
     def as_dict(self) -> dict:
         return {
             "file": self.file,
@@ -188,18 +236,35 @@ def normalise_isbn(values: pd.Series) -> pd.Series:
     return values.str.strip().str.upper()
 
 
-def clean_ratings(
-    raw: pd.DataFrame, known_user_ids: pd.Series, file: str = "ratings", user_id_pattern: str = r"\d+"
-) -> CleanTable:
+def rating_keys(raw: pd.DataFrame, user_id_pattern: str = r"\d+") -> pd.DataFrame:
+    """Per raw rating row: the reader, the normalised ISBN, and whether the row passes every rule
+    that looks at the row alone (the pair's duplicates are found among such rows only)."""
     user_id = raw["User-ID"].str.strip()
     isbn = normalise_isbn(raw["ISBN"])
-    rating_text = raw["Book-Rating"].str.strip()
-    rating = pd.to_numeric(rating_text, errors="coerce")
-    pair_seen = pd.Series(False, index=raw.index)
-    valid_so_far = (
-        user_id.str.fullmatch(user_id_pattern) & (isbn != "") & rating.between(0, 10) & (rating % 1 == 0)
-    )
-    pair_seen[valid_so_far] = pd.DataFrame({"u": user_id, "i": isbn})[valid_so_far].duplicated(keep="first")
+    rating = pd.to_numeric(raw["Book-Rating"].str.strip(), errors="coerce")
+    valid = user_id.str.fullmatch(user_id_pattern) & (isbn != "") & rating.between(0, 10) & (rating % 1 == 0)
+    return pd.DataFrame({"user_id": user_id, "isbn": isbn, "rating": rating, "valid": valid.fillna(False)})
+
+
+def clean_ratings(
+    raw: pd.DataFrame,
+    known_user_ids: Collection[str] | pd.Series | None,
+    file: str = "ratings",
+    user_id_pattern: str = r"\d+",
+    *,
+    known: pd.Series | np.ndarray | None = None,
+    duplicate: pd.Series | np.ndarray | None = None,
+) -> CleanTable:
+    """`raw` rows cleaned. Whole in memory, pass `known_user_ids`; one chunk of a larger file, pass
+    the rules that need every row, found by the data engine: `known` (the reader is in the users
+    file) and `duplicate` (an earlier valid row has the same pair), aligned with `raw`."""
+    keys = rating_keys(raw, user_id_pattern)
+    user_id, isbn, rating = keys["user_id"], keys["isbn"], keys["rating"]
+    if known is None:
+        known = user_id.isin(known_user_ids)
+    if duplicate is None:
+        duplicate = pd.Series(False, index=raw.index)
+        duplicate[keys["valid"]] = keys[["user_id", "isbn"]][keys["valid"]].duplicated(keep="first")
     keep, rejected, report = _quarantine(
         raw,
         [
@@ -209,8 +274,8 @@ def clean_ratings(
             ),
             ("isbn_empty", isbn == ""),
             ("rating_not_an_integer_0_to_10", ~(rating.between(0, 10) & (rating % 1 == 0))),
-            ("user_not_in_users_file", ~user_id.isin(known_user_ids)),
-            ("duplicate_user_isbn_pair", pair_seen),
+            ("user_not_in_users_file", ~_aligned(known, raw)),
+            ("duplicate_user_isbn_pair", _aligned(duplicate, raw)),
         ],
         file,
     )
@@ -224,13 +289,40 @@ def clean_ratings(
     return CleanTable(INTERIM_RATINGS.validate(clean), rejected, report)
 
 
-def clean_users(raw: pd.DataFrame, params: IngestParams, file: str = "users") -> CleanTable:
+def _aligned(flags: pd.Series | np.ndarray, raw: pd.DataFrame) -> pd.Series:
+    return pd.Series(np.asarray(flags, dtype=bool), index=raw.index)
+
+
+def user_keys(raw: pd.DataFrame) -> pd.DataFrame:
+    """Per raw user row: the stripped id and whether it is a Book-Crossing id."""
     user_id = raw["User-ID"].str.strip()
+    return pd.DataFrame({"user_id": user_id, "valid": user_id.str.fullmatch(r"\d+").fillna(False)})
+
+
+def book_keys(raw: pd.DataFrame) -> pd.DataFrame:
+    """Per raw book row: the normalised ISBN."""
+    return pd.DataFrame({"isbn": normalise_isbn(raw["ISBN"])})
+
+
+def clean_users(
+    raw: pd.DataFrame,
+    params: IngestParams,
+    file: str = "users",
+    *,
+    duplicate: pd.Series | np.ndarray | None = None,
+) -> CleanTable:
+    """`raw` rows cleaned; for one chunk of a larger file, `duplicate` (an earlier row has the same
+    id) comes from the data engine."""
+    keys = user_keys(raw)
+    user_id = keys["user_id"]
     keep, rejected, report = _quarantine(
         raw,
         [
-            ("user_id_not_a_number", ~user_id.str.fullmatch(r"\d+")),
-            ("duplicate_user_id", user_id.duplicated(keep="first")),
+            ("user_id_not_a_number", ~keys["valid"]),
+            (
+                "duplicate_user_id",
+                user_id.duplicated(keep="first") if duplicate is None else _aligned(duplicate, raw),
+            ),
         ],
         file,
     )
@@ -282,13 +374,23 @@ def _unescape_text(values: pd.Series) -> pd.Series:
     return text.where(text != "")
 
 
-def clean_books(raw: pd.DataFrame, params: IngestParams, file: str = "books") -> CleanTable:
-    isbn = normalise_isbn(raw["ISBN"])
+def clean_books(
+    raw: pd.DataFrame,
+    params: IngestParams,
+    file: str = "books",
+    *,
+    duplicate: pd.Series | np.ndarray | None = None,
+) -> CleanTable:
+    """`raw` rows cleaned; for one chunk of a larger file, `duplicate` (an earlier row has the same
+    non-empty ISBN) comes from the data engine."""
+    isbn = book_keys(raw)["isbn"]
+    if duplicate is None:
+        duplicate = isbn.duplicated(keep="first") & (isbn != "")
     keep, rejected, report = _quarantine(
         raw,
         [
             ("isbn_empty", isbn == ""),
-            ("duplicate_isbn_after_upper_casing", isbn.duplicated(keep="first") & (isbn != "")),
+            ("duplicate_isbn_after_upper_casing", _aligned(duplicate, raw)),
         ],
         file,
     )
@@ -346,23 +448,23 @@ class IngestResult:
 FEEDBACK_USER_ID = r"[\w.-]+"
 
 
-def merge_feedback(
-    ratings: CleanTable, users: CleanTable, feedback_raw: pd.DataFrame, file: str
-) -> CleanTable:
-    """Add the live-feedback interactions to `ratings` (and their new readers to `users`), in place.
+def clean_feedback(
+    feedback_raw: pd.DataFrame, file: str, known_ids: Collection[str], in_book_crossing: pd.MultiIndex
+) -> tuple[CleanTable, list[str]]:
+    """The live-feedback rows cleaned, and the ids of the new readers they bring.
 
-    A pair Book-Crossing already has stays as Book-Crossing recorded it; the feedback row is rejected
-    with its reason. New readers are added with unknown age and location.
-    """
+    `known_ids` holds (at least) the feedback's readers that the users file has; `in_book_crossing`
+    (at least) its (user_id, isbn) pairs that Book-Crossing rated already: such a pair stays as
+    Book-Crossing recorded it and the feedback row is rejected with its reason. New readers have
+    unknown age and location."""
     ids = feedback_raw["User-ID"].str.strip()
-    known = set(users.clean["user_id"])
+    known = set(known_ids)
     new_ids = sorted({i for i in ids.dropna() if i not in known and re.fullmatch(FEEDBACK_USER_ID, i)})
     feedback = clean_ratings(feedback_raw, pd.Series([*known, *new_ids]), file, FEEDBACK_USER_ID)
-    in_book_crossing = pd.MultiIndex.from_frame(ratings.clean[["user_id", "isbn"]])
     already = pd.MultiIndex.from_frame(feedback.clean[["user_id", "isbn"]]).isin(in_book_crossing)
     if already.any():
         moved = feedback.clean[already]
-        keys = feedback_raw["User-ID"].str.strip() + "\x00" + normalise_isbn(feedback_raw["ISBN"])
+        keys = ids + "\x00" + normalise_isbn(feedback_raw["ISBN"])
         extra = feedback_raw[keys.isin(moved["user_id"] + "\x00" + moved["isbn"])].copy()
         extra.insert(0, "reason", "already_in_book_crossing")
         feedback.rejected = pd.concat(
@@ -371,10 +473,24 @@ def merge_feedback(
         feedback.report.rejected_by_reason["already_in_book_crossing"] = int(already.sum())
         feedback.clean = feedback.clean[~already].reset_index(drop=True)
         feedback.report.rows_written = len(feedback.clean)
-    added_ids = sorted(set(feedback.clean["user_id"]) - known)
+    return feedback, sorted(set(feedback.clean["user_id"]) - known)
+
+
+def new_readers(ids: list[str], users: pd.DataFrame) -> pd.DataFrame:
+    """Rows for readers known only from feedback, typed like `users` (age and location unknown)."""
+    return INTERIM_USERS.validate(
+        pd.DataFrame({"user_id": ids}).reindex(columns=users.columns).astype(users.dtypes.to_dict())
+    )
+
+
+def merge_feedback(
+    ratings: CleanTable, users: CleanTable, feedback_raw: pd.DataFrame, file: str
+) -> CleanTable:
+    """Add the live-feedback interactions to `ratings` (and their new readers to `users`), in place."""
+    in_book_crossing = pd.MultiIndex.from_frame(ratings.clean[["user_id", "isbn"]])
+    feedback, added_ids = clean_feedback(feedback_raw, file, users.clean["user_id"], in_book_crossing)
     if added_ids:
-        added = pd.DataFrame({"user_id": added_ids}).reindex(columns=users.clean.columns)
-        added = added.astype(users.clean.dtypes.to_dict())
+        added = new_readers(added_ids, users.clean)
         users.clean = INTERIM_USERS.validate(pd.concat([users.clean, added], ignore_index=True))
         users.report.notes["readers_added_from_feedback"] = len(added_ids)
     ratings.clean = INTERIM_RATINGS.validate(pd.concat([ratings.clean, feedback.clean], ignore_index=True))

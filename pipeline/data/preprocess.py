@@ -38,6 +38,33 @@ def k_core(
         core = core[enough]
 
 
+def ordered_user_ids(ids) -> np.ndarray:
+    """The readers' dense order: Book-Crossing's numeric ids in numeric order, then any ids the live
+    service issued, in string order."""
+    return np.asarray(
+        sorted(ids, key=lambda u: (0, int(u), "") if u.isdigit() else (1, 0, u)), dtype=object
+    ).astype(str)
+
+
+def ordered_isbns(isbns) -> np.ndarray:
+    """The books' dense order: ISBNs in string order."""
+    return np.sort(np.asarray(isbns, dtype=object)).astype(str)
+
+
+def id_tables(
+    user_ids: np.ndarray, isbns: np.ndarray, users: pd.DataFrame, books: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """users.parquet and items.parquet: each dense id with its raw id and what ingest knows of it
+    (`users` and `books` may hold more rows than the ids), items with their works and authors."""
+    user_table = pd.DataFrame(
+        {"user_idx": np.arange(len(user_ids), dtype=np.int32), "user_id": user_ids}
+    ).merge(users, on="user_id", how="left", validate="one_to_one")
+    item_table = pd.DataFrame({"item_idx": np.arange(len(isbns), dtype=np.int32), "isbn": isbns}).merge(
+        books, on="isbn", how="left", validate="one_to_one"
+    )
+    return user_table, with_catalog_columns(item_table)
+
+
 def build_interactions(
     ratings: pd.DataFrame, users: pd.DataFrame, books: pd.DataFrame, params: PreprocessParams
 ) -> Interactions:
@@ -52,12 +79,7 @@ def build_interactions(
     core = k_core(positives, params.user_core, params.item_core)
     counts["interactions_after_k_core"] = len(core)
 
-    # Book-Crossing's numeric ids in numeric order, then any ids the live service issued.
-    user_ids = np.asarray(
-        sorted(core["user_id"].unique(), key=lambda u: (0, int(u), "") if u.isdigit() else (1, 0, u)),
-        dtype=object,
-    ).astype(str)
-    isbns = np.sort(core["isbn"].unique())
+    user_ids, isbns = ordered_user_ids(core["user_id"].unique()), ordered_isbns(core["isbn"].unique())
     user_index = pd.Series(np.arange(len(user_ids), dtype=np.int32), index=user_ids)
     item_index = pd.Series(np.arange(len(isbns), dtype=np.int32), index=isbns)
     counts["users"] = len(user_ids)
@@ -76,16 +98,11 @@ def build_interactions(
     known_dislikes = dislikes[
         dislikes["user_id"].isin(user_index.index) & dislikes["isbn"].isin(item_index.index)
     ]
-    user_table = pd.DataFrame(
-        {"user_idx": user_index.to_numpy(), "user_id": user_index.index.astype(str)}
-    ).merge(users, on="user_id", how="left", validate="one_to_one")
-    item_table = pd.DataFrame(
-        {"item_idx": item_index.to_numpy(), "isbn": item_index.index.astype(str)}
-    ).merge(books, on="isbn", how="left", validate="one_to_one")
+    user_table, item_table = id_tables(user_ids, isbns, users, books)
     return Interactions(
         interactions=encode(core),
         dislikes=encode(known_dislikes),
         users=user_table,
-        items=with_catalog_columns(item_table),
+        items=item_table,
         counts=counts,
     )

@@ -19,3 +19,11 @@ def is_positive(ratings: int | np.ndarray | pd.Series, min_explicit_rating: int)
     ratings below it are dislikes. Works on scalars, numpy arrays and pandas Series."""
     ratings = np.asarray(ratings) if isinstance(ratings, list | tuple) else ratings
     return (ratings == 0) | (ratings >= min_explicit_rating)
+
+
+RATING_VALUES = tuple(range(11))  # Book-Crossing's 0 (implicit) and 1..10
+
+
+def positive_values(min_explicit_rating: int) -> tuple[int, ...]:
+    """The rating values `is_positive` takes for positives (for engines that filter by value)."""
+    return tuple(r for r in RATING_VALUES if is_positive(r, min_explicit_rating))

