@@ -115,6 +115,8 @@ class EvaluateParams(Section):
     curve_max_k: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     processes: int = Field(ge=0)
+    max_readers: int = Field(ge=0)
+    readers_seed: int
     cohort_top_countries: int = Field(ge=0)
     two_stage: bool
     random: RandomParams

@@ -109,6 +109,8 @@ def evaluation_data(
         rules=ListRules(one_per_work=True, max_per_author=params.serve.max_per_author),
         protocol=protocol,
         processes=params.evaluate.processes or len(os.sched_getaffinity(0)),
+        max_readers=params.evaluate.max_readers,
+        readers_seed=params.evaluate.readers_seed,
     )
 
 

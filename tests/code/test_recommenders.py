@@ -194,3 +194,33 @@ def test_readers_ranked_in_several_processes_get_the_lists_of_one_process(monkey
 
     with pytest.raises(RuntimeError, match="1 failed"):
         evaluation.sharded(lists_of, users, 6, processes=2)
+
+
+def test_evaluation_on_a_reader_sample_keeps_the_sampled_readers_truth_whole():
+    splits = {  # 12 readers with 2 held-out books each, one training book
+        "train": pd.DataFrame({"user_idx": range(12), "item_idx": 0, "rating": 0}),
+        "validation": pd.DataFrame({"user_idx": [0], "item_idx": [1], "rating": [0]}),
+        "test": pd.DataFrame(
+            {"user_idx": np.repeat(np.arange(12), 2), "item_idx": np.tile([2, 3], 12), "rating": 0}
+        ),
+    }
+    items = pd.DataFrame(
+        {
+            "item_idx": range(4),
+            "title": ["tea", "cake", "moon", "rain"],
+            "author": ["ann", "bob", "cy", "di"],
+            "publisher": "pub",
+        }
+    )
+    everyone = EvaluationData.build(splits, items, 12)
+    sampled = EvaluationData.build(splits, items, 12, max_readers=5, readers_seed=3)
+    again = EvaluationData.build(splits, items, 12, max_readers=5, readers_seed=3)
+    assert len(everyone.users_with_truth()) == 12
+    readers = sampled.users_with_truth()
+    assert len(readers) == 5 and readers.tolist() == again.users_with_truth().tolist()
+    assert (
+        sampled.truth[readers] != everyone.truth[readers]
+    ).nnz == 0  # each sampled reader's books all kept
+    other = EvaluationData.build(splits, items, 12, max_readers=5, readers_seed=4).users_with_truth()
+    assert other.tolist() != readers.tolist()
+    assert len(EvaluationData.build(splits, items, 12, max_readers=50).users_with_truth()) == 12

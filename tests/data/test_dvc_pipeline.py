@@ -34,7 +34,11 @@ def test_a_failing_stage_leaves_previous_outputs_untouched(project, synthetic_bx
     before = (project / "data" / "interim" / "ratings.parquet").read_bytes()
     ratings = project / "data" / "raw" / "book-crossing" / "BX-Book-Ratings.csv"
     ratings.write_bytes(ratings.read_bytes()[:-40])  # cut mid-line, as an interrupted copy would
-    run(["bookrec", "data", "fetch", "--source", str(ratings.parent), "--allow-modified", "--force"], project, check=False)
+    run(
+        ["bookrec", "data", "fetch", "--source", str(ratings.parent), "--allow-modified", "--force"],
+        project,
+        check=False,
+    )
     done = run(["bookrec", "ingest"], project, check=False)
     assert done.returncode == 1
     assert "BX-Book-Ratings.csv, line" in done.stderr and "truncated" in done.stderr
@@ -52,7 +56,9 @@ def test_editing_a_metric_module_makes_train_and_evaluate_stale(trained_project)
         status = run(["dvc", "status"], trained_project).stdout
     finally:
         metrics.write_bytes(original)
-    stale = {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith(("\t", " "))}
+    stale = {
+        line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith(("\t", " "))
+    }
     assert {"train", "evaluate"} <= stale, status
     assert not {"ingest", "preprocess", "features"} & stale, status
     assert "up to date" in run(["dvc", "status"], trained_project).stdout
@@ -71,7 +77,11 @@ def test_new_train_values_leave_the_baselines_stage_up_to_date(trained_project):
             status = run(["dvc", "status"], trained_project).stdout
         finally:
             params_file.write_text(original)
-        return {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith(("\t", " "))}
+        return {
+            line.strip().rstrip(":")
+            for line in status.splitlines()
+            if line and not line.startswith(("\t", " "))
+        }
 
     stale = stale_after("  lr: 0.01", "  lr: 0.02")  # evaluate follows once train's model changed
     assert "train" in stale and "baselines" not in stale, stale

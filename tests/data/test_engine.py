@@ -45,7 +45,9 @@ def faulty_bx(tmp_path_factory, synthetic_bx) -> dict[str, Path]:
     first_user, first_isbn = users["User-ID"].iloc[0], books["ISBN"].iloc[0]
     first_pair = ratings.iloc[0]
     with open(files["users"], "ab") as handle:
-        handle.write(f'"{first_user}";"dup, of, first";"33"\r\n"x9";"bad, id, usa";"20"\r\n'.encode("latin-1"))
+        handle.write(
+            f'"{first_user}";"dup, of, first";"33"\r\n"x9";"bad, id, usa";"20"\r\n'.encode("latin-1")
+        )
     with open(files["books"], "ab") as handle:
         handle.write(f'"{first_isbn.lower()}";"Dup";"A";"2000";"P";"s";"m";"l"\r\n'.encode("latin-1"))
     with open(files["ratings"], "ab") as handle:
@@ -59,7 +61,13 @@ def faulty_bx(tmp_path_factory, synthetic_bx) -> dict[str, Path]:
     feedback = pd.DataFrame(
         {
             "User-ID": [first_pair["User-ID"].strip(), "alice", "alice", "bad id!", first_user],
-            "ISBN": [first_pair["ISBN"].strip().upper(), books["ISBN"].iloc[1], books["ISBN"].iloc[2], "1", "X"],
+            "ISBN": [
+                first_pair["ISBN"].strip().upper(),
+                books["ISBN"].iloc[1],
+                books["ISBN"].iloc[2],
+                "1",
+                "X",
+            ],
             "Book-Rating": [7, 0, 8, 5, 6],
         }
     )
@@ -73,7 +81,9 @@ def as_written(frame: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
 
 
 def in_memory_ingest(files: dict[str, Path], params):
-    raw = {role: read_raw_csv(path, "ratings" if role == "feedback" else role) for role, path in files.items()}
+    raw = {
+        role: read_raw_csv(path, "ratings" if role == "feedback" else role) for role, path in files.items()
+    }
     return ingest_tables(raw, {role: path.name for role, path in files.items()}, params.ingest)
 
 
@@ -114,8 +124,15 @@ def test_streamed_preprocess_equals_the_in_memory_protocol(tmp_path, reference, 
     tables = {role: reference.tables()[role].clean for role in FILES}
     built = build_interactions(tables["ratings"], tables["users"], tables["books"], params)
     splits = split_interactions(built.interactions, built.users, built.items, params)
-    for name, frame in {**splits, "dislikes": built.dislikes, "users": built.users, "items": built.items}.items():
-        pd.testing.assert_frame_equal(io.read_parquet(processed / f"{name}.parquet"), as_written(frame, tmp_path))
+    for name, frame in {
+        **splits,
+        "dislikes": built.dislikes,
+        "users": built.users,
+        "items": built.items,
+    }.items():
+        pd.testing.assert_frame_equal(
+            io.read_parquet(processed / f"{name}.parquet"), as_written(frame, tmp_path)
+        )
     assert counts == dict(built.counts) | {f"{n}_rows": len(f) for n, f in splits.items()} | {
         "protocol": counts["protocol"]
     }
@@ -123,7 +140,9 @@ def test_streamed_preprocess_equals_the_in_memory_protocol(tmp_path, reference, 
     assert not any(path.name.startswith(".engine") for path in processed.iterdir())  # scratch removed
 
 
-def test_a_header_only_file_stops_the_streamed_ingest_and_the_last_outputs_stay(tmp_path, faulty_bx, repo_params):
+def test_a_header_only_file_stops_the_streamed_ingest_and_the_last_outputs_stay(
+    tmp_path, faulty_bx, repo_params
+):
     empty = tmp_path / "BX-Book-Ratings.csv"
     empty.write_bytes(b'"User-ID";"ISBN";"Book-Rating"\r\n')
     target = tmp_path / "interim"

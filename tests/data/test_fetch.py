@@ -36,22 +36,33 @@ def test_modified_copy_from_zip_with_gz_member_is_accepted_when_asked(tmp_path, 
     with zipfile.ZipFile(archive, "w") as zf:
         for path in folder.iterdir():
             zf.write(path, f"nested/{path.name}")
-    manifest = fetch(tmp_path / "raw", tmp_path / "cache", source=archive, show_progress=False, allow_modified=True)
+    manifest = fetch(
+        tmp_path / "raw", tmp_path / "cache", source=archive, show_progress=False, allow_modified=True
+    )
     assert manifest["variant"] == "modified"
     located = locate_raw(tmp_path / "raw")
-    assert located["books"].read_bytes() == (synthetic_bx.folder / "BX-Books.csv").read_bytes()  # decompressed
+    assert (
+        located["books"].read_bytes() == (synthetic_bx.folder / "BX-Books.csv").read_bytes()
+    )  # decompressed
     assert verify_raw(tmp_path / "raw")["files"]["books"]["verified_against_pinned_sha256"] is False
 
 
 def test_kaggle_variant_is_recognised(tmp_path):
     src = tmp_path / "kaggle"
     src.mkdir()
-    (src / "Books.csv").write_text("ISBN,Book-Title,Book-Author,Year-Of-Publication,Publisher,Image-URL-S,Image-URL-M,Image-URL-L\n")
+    (src / "Books.csv").write_text(
+        "ISBN,Book-Title,Book-Author,Year-Of-Publication,Publisher,Image-URL-S,Image-URL-M,Image-URL-L\n"
+    )
     (src / "Ratings.csv").write_text("User-ID,ISBN,Book-Rating\n")
     (src / "Users.csv").write_text("User-ID,Location,Age\n")
     manifest = fetch(tmp_path / "raw", tmp_path / "cache", source=src, show_progress=False)
     assert manifest["variant"] == "kaggle"
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["Books.csv", "Ratings.csv", "Users.csv", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
+        "Books.csv",
+        "Ratings.csv",
+        "Users.csv",
+        "manifest.json",
+    ]
 
 
 def test_source_without_the_files_is_refused(tmp_path):
@@ -64,7 +75,9 @@ def test_real_files_from_shared_verify_and_a_damaged_copy_is_detected(tmp_path, 
     raw = tmp_path / "raw"
     manifest = fetch(raw, tmp_path / "cache", source=shared_bx, show_progress=False)
     assert manifest["variant"] == "original"
-    assert {role: e["sha256"] for role, e in manifest["files"].items()} == {r: s for r, (_, s) in ORIGINAL_FILES.items()}
+    assert {role: e["sha256"] for role, e in manifest["files"].items()} == {
+        r: s for r, (_, s) in ORIGINAL_FILES.items()
+    }
     with open(raw / "BX-Users.csv", "r+b") as handle:
         handle.seek(1000)
         handle.write(b"#")

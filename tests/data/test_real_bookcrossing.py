@@ -33,11 +33,18 @@ def test_protocol_counts_and_the_stable_split(real_workspace):
     assert counts["users"] == 14_868
     assert counts["items"] == 35_469
     # the keyed hash of (User-ID, ISBN) with seed 42: 20% test, 10% of the rest validation, in expectation
-    assert (counts["train_rows"], counts["validation_rows"], counts["test_rows"]) == (399_191, 44_124, 110_532)
+    assert (counts["train_rows"], counts["validation_rows"], counts["test_rows"]) == (
+        399_191,
+        44_124,
+        110_532,
+    )
 
 
 def test_processed_tables_honour_their_contracts(real_workspace):
-    splits = {name: io.read_parquet(real_workspace.processed / f"{name}.parquet") for name in ("train", "validation", "test")}
+    splits = {
+        name: io.read_parquet(real_workspace.processed / f"{name}.parquet")
+        for name in ("train", "validation", "test")
+    }
     for frame in splits.values():
         INTERACTIONS.validate(frame)
     users = PROCESSED_USERS.validate(io.read_parquet(real_workspace.processed / "users.parquet"))
@@ -67,7 +74,9 @@ def test_the_engine_writes_exactly_the_in_memory_protocols_tables(real_workspace
     files = locate_raw(real_workspace.raw)
     if (real_workspace.feedback / FEEDBACK_FILE).is_file():
         files["feedback"] = real_workspace.feedback / FEEDBACK_FILE
-    raw = {role: read_raw_csv(path, "ratings" if role == "feedback" else role) for role, path in files.items()}
+    raw = {
+        role: read_raw_csv(path, "ratings" if role == "feedback" else role) for role, path in files.items()
+    }
     result = ingest_tables(raw, {role: path.name for role, path in files.items()}, repo_params.ingest)
     assert io.read_json(real_workspace.interim / "ingest_report.json") == result.report()
 
@@ -83,5 +92,10 @@ def test_the_engine_writes_exactly_the_in_memory_protocols_tables(real_workspace
     params = repo_params.preprocess
     built = build_interactions(tables["ratings"].clean, tables["users"].clean, tables["books"].clean, params)
     splits = split_interactions(built.interactions, built.users, built.items, params)
-    for name, frame in {**splits, "dislikes": built.dislikes, "users": built.users, "items": built.items}.items():
+    for name, frame in {
+        **splits,
+        "dislikes": built.dislikes,
+        "users": built.users,
+        "items": built.items,
+    }.items():
         same(real_workspace.processed / f"{name}.parquet", frame)

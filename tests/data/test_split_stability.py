@@ -18,7 +18,9 @@ def labelled_pairs(ws) -> pd.Series:
     for name in ("train", "validation", "test"):
         frame = io.read_parquet(ws.processed / f"{name}.parquet")
         parts.append(
-            pd.Series(name, index=pd.MultiIndex.from_arrays([users[frame["user_idx"]], items[frame["item_idx"]]]))
+            pd.Series(
+                name, index=pd.MultiIndex.from_arrays([users[frame["user_idx"]], items[frame["item_idx"]]])
+            )
         )
     return pd.concat(parts)
 
