@@ -1,4 +1,8 @@
-"""Run one `bookrec` command in a child process and report its wall time and peak RSS."""
+"""Run one `bookrec` command in a child process and report its wall time and peak RSS.
+
+The peak RSS is the command's own peak plus the largest peak of the processes it started and waited
+for (ingest's second process, evaluation's shards): an upper bound on what it held at once, since
+the two peaks need not coincide (and forked shards share their parent's pages)."""
 
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ try:
     app(sys.argv[1:])
 except SystemExit as exit:
     code = exit.code or 0
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print("@@MEASURE@@" + json.dumps({"seconds": time.perf_counter() - started, "code": code,
-      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+      "peak_rss_mib": own + workers, "own_peak_rss_mib": own, "worker_peak_rss_mib": workers}))
 """
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/scale.py [--scales 1,10] [--data-scales 100] [--source ../shared/data/book-crossing]
                                [--workdir DIR] [--memory-limit-gib 20] [--out reports]
-                               [--keep] [--synthetic-from DIR]
+                               [--keep] [--synthetic-from DIR] [--eval-readers 15000]
 
 For each scale, in a fresh copy of the project: `bookrec data synth --scale N` (the generator itself
 is measured too), `bookrec data fetch --source ... --allow-modified`, then every stage (`--scales`) or
@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -44,8 +46,19 @@ def limited(gib: float | None):
     return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def benchmark_params(project: Path, args) -> None:
+    """The copy's params.yaml for a run at scale: evaluation on a seeded sample of `--eval-readers`
+    readers (all of them at 1x), and no wall-time guard on training (a bigger run is expected)."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["evaluate"]["max_readers"] = args.eval_readers
+    params["train"]["max_seconds"] = 0
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def run_scale(scale: float, everything: bool, args, workdir: Path) -> list[dict]:
     project = copy_project(workdir / f"x{scale:g}")
+    benchmark_params(project, args)
     synthetic = workdir / f"synthetic-x{scale:g}"
     steps = [
         (
@@ -145,6 +158,12 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=None, help="the real data the generator fits")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--memory-limit-gib", type=float, default=20.0)
+    parser.add_argument(
+        "--eval-readers",
+        type=int,
+        default=15000,
+        help="evaluate.max_readers in every run (15,000 covers every test reader at 1x)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
     parser.add_argument("--keep", action="store_true", help="keep the projects and synthetic files")
     parser.add_argument(
