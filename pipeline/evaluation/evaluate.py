@@ -82,7 +82,11 @@ class EvaluationData:
     def lists(
         self, recommender: Recommender, users: np.ndarray, k: int, batch_size: int = 2048
     ) -> np.ndarray:
-        """(len(users), k) item indices: what `recommender` would serve these users under the protocol."""
+        """(len(users), k) item indices: what `recommender` would serve these users under the protocol.
+
+        A batch holds at most SCORES_PER_BATCH scores (readers x catalog), whatever `batch_size`
+        says, so a catalog many times Book-Crossing's does not multiply the memory of a batch."""
+        batch_size = max(1, min(batch_size, SCORES_PER_BATCH // max(self.n_items, 1)))
 
         def lists_of(shard: np.ndarray) -> np.ndarray:
             return recommender.recommend(
@@ -156,6 +160,7 @@ def sample_readers(truth: sp.csr_matrix, max_readers: int, seed: int) -> sp.csr_
     return sampled
 
 
+SCORES_PER_BATCH = 1 << 27  # 512 MiB of float32 scores; Book-Crossing's 2,048 x 35,469 fits
 MIN_SHARD = 500  # fewer readers per process than this are ranked in the calling process
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,9 +49,7 @@ def connect(scratch: Path, settings: EngineParams) -> Iterator[duckdb.DuckDBPyCo
         yield connection
     finally:
         connection.close()
-        for path in sorted(folder.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
-        folder.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def sql_path(path: Path) -> str:

@@ -1,11 +1,13 @@
 """The ingest stage over files of any size: raw CSVs in, the interim Parquet tables out.
 
-Three passes, none holding a whole table: (1) parse every file in chunks (structural faults stop here,
-before anything is written) into a scratch Parquet copy with each row's keys; (2) DuckDB finds the
-rules that need every row (the later of duplicate rows, ratings of readers the users file lacks);
-(3) each chunk goes through the same pure cleaning as a table held in memory
-(`pipeline.data.ingest`), with those flags, and is appended to the outputs. The live-feedback export
-is small and is cleaned whole, against the engine's tables.
+Three passes, none holding a whole table: (1) parse each file in chunks (structural faults stop the
+stage here) into a scratch Parquet copy with each row's keys; (2) DuckDB finds the rules that need
+every row (the later of duplicate rows, ratings of readers the users file lacks); (3) each chunk
+goes through the same pure cleaning as a table held in memory (`pipeline.data.ingest`), with those
+flags, and is appended to the outputs. The live-feedback export is small and is cleaned whole,
+against the engine's tables. The books and the readers (users, ratings, feedback) share no row and
+run in two processes. The caller writes into a staging folder that replaces the last outputs only
+on success (`pipeline.io.atomic_directory`), so a fault found late leaves nothing half-written.
 """
 
 from __future__ import annotations

@@ -224,3 +224,21 @@ def test_evaluation_on_a_reader_sample_keeps_the_sampled_readers_truth_whole():
     other = EvaluationData.build(splits, items, 12, max_readers=5, readers_seed=4).users_with_truth()
     assert other.tolist() != readers.tolist()
     assert len(EvaluationData.build(splits, items, 12, max_readers=50).users_with_truth()) == 12
+
+
+def test_an_evaluation_batch_holds_a_bounded_number_of_scores(monkeypatch):
+    import pipeline.evaluation.evaluate as evaluation
+
+    data = block_data()  # 30 items
+    model = make_baseline("popularity").fit(data.train)
+    asked = []
+    recommend = model.recommend
+    monkeypatch.setattr(
+        model, "recommend", lambda *a, **kw: asked.append(kw["batch_size"]) or recommend(*a, **kw)
+    )
+    monkeypatch.setattr(evaluation, "SCORES_PER_BATCH", 300)
+    capped = data.lists(model, data.users_with_truth(), 5, batch_size=2048)
+    assert asked == [10]  # 300 scores / 30 items
+    monkeypatch.setattr(evaluation, "SCORES_PER_BATCH", 1 << 27)
+    assert (data.lists(model, data.users_with_truth(), 5, batch_size=2048) == capped).all()
+    assert asked[-1] == 2048
