@@ -27,7 +27,6 @@ from pipeline.config import EngineParams, IngestParams
 from pipeline.data.ingest import (
     FEEDBACK_USER_ID,
     CleanTable,
-    IngestError,
     TableReport,
     book_keys,
     clean_books,
@@ -38,6 +37,7 @@ from pipeline.data.ingest import (
     rating_keys,
     user_keys,
 )
+from pipeline.data.parsing import IngestError
 from pipeline.schemas import INTERIM_RATINGS, REJECTED
 from pipeline.storage.engine import ParquetSink, connect, iter_parquet, row_flags, sql_path
 from pipeline.storage.rawdata import iter_raw_csv, read_raw_csv

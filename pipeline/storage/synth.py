@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.data.ingest import clean_ratings, decode_text, parse_raw_csv
+from pipeline.data.ingest import clean_ratings
+from pipeline.data.parsing import decode_text, parse_raw_csv
 from pipeline.data.synth import (
     Profile,
     SynthPlan,
