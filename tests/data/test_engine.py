@@ -18,7 +18,7 @@ from pipeline import io
 from pipeline.config import EngineParams
 from pipeline.data.ingest import IngestError, ingest_tables
 from pipeline.data.preprocess import build_interactions
-from pipeline.data.split import split_interactions
+from pipeline.data.split import SPLIT_NAMES, split_interactions
 from pipeline.storage.feedback import write_export
 from pipeline.storage.interim import ingest_files
 from pipeline.storage.processed import preprocess_files
@@ -75,6 +75,14 @@ def faulty_bx(tmp_path_factory, synthetic_bx) -> dict[str, Path]:
     return files
 
 
+def reference_protocol(ingested, params) -> tuple:
+    """The in-memory preprocess of an `IngestResult`: (its `Interactions`, every processed table by name)."""
+    tables = ingested.tables()
+    built = build_interactions(tables["ratings"].clean, tables["users"].clean, tables["books"].clean, params)
+    splits = split_interactions(built.interactions, built.users, built.items, params)
+    return built, {**splits, "dislikes": built.dislikes, "users": built.users, "items": built.items}
+
+
 def as_written(frame: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
     """`frame` as the in-memory stage wrote it and a reader gets it back."""
     return io.read_parquet(io.write_parquet(frame, tmp_path / "reference.parquet"))
@@ -121,15 +129,9 @@ def test_streamed_preprocess_equals_the_in_memory_protocol(tmp_path, reference, 
     processed.mkdir()
     params = repo_params.preprocess.model_copy(update={"user_core": 3, "item_core": 3})
     counts = preprocess_files(interim, processed, params, tiny_engine(211))
-    tables = {role: reference.tables()[role].clean for role in FILES}
-    built = build_interactions(tables["ratings"], tables["users"], tables["books"], params)
-    splits = split_interactions(built.interactions, built.users, built.items, params)
-    for name, frame in {
-        **splits,
-        "dislikes": built.dislikes,
-        "users": built.users,
-        "items": built.items,
-    }.items():
+    built, processed_tables = reference_protocol(reference, params)
+    splits = {name: processed_tables[name] for name in SPLIT_NAMES}
+    for name, frame in processed_tables.items():
         pd.testing.assert_frame_equal(
             io.read_parquet(processed / f"{name}.parquet"), as_written(frame, tmp_path)
         )

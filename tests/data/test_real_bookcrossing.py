@@ -66,10 +66,9 @@ def test_the_engine_writes_exactly_the_in_memory_protocols_tables(real_workspace
     import pandas as pd
 
     from pipeline.data.ingest import ingest_tables
-    from pipeline.data.preprocess import build_interactions
-    from pipeline.data.split import split_interactions
     from pipeline.storage.feedback import FEEDBACK_FILE
     from pipeline.storage.rawdata import locate_raw, read_raw_csv
+    from tests.data.test_engine import reference_protocol
 
     files = locate_raw(real_workspace.raw)
     if (real_workspace.feedback / FEEDBACK_FILE).is_file():
@@ -88,14 +87,5 @@ def test_the_engine_writes_exactly_the_in_memory_protocols_tables(real_workspace
         if role != "feedback":
             same(real_workspace.interim / f"{role}.parquet", table.clean)
         same(real_workspace.interim / "rejected" / f"{role}.parquet", table.rejected)
-    tables = result.tables()
-    params = repo_params.preprocess
-    built = build_interactions(tables["ratings"].clean, tables["users"].clean, tables["books"].clean, params)
-    splits = split_interactions(built.interactions, built.users, built.items, params)
-    for name, frame in {
-        **splits,
-        "dislikes": built.dislikes,
-        "users": built.users,
-        "items": built.items,
-    }.items():
+    for name, frame in reference_protocol(result, repo_params.preprocess)[1].items():
         same(real_workspace.processed / f"{name}.parquet", frame)
