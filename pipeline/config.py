@@ -193,9 +193,16 @@ class RetrievalParams(Section):
     sample: int = Field(ge=1)
 
 
+class StandingParams(Section):
+    depth: int = Field(ge=0)
+    capacity: int = Field(ge=1)
+    warm_readers: int = Field(ge=0)
+
+
 class ServeParams(Section):
     ann_threshold: int = Field(ge=0)
     retrieval: RetrievalParams
+    standing: StandingParams
     max_per_author: int | None = Field(ge=1)  # None: no cap
     experiment: ExperimentParams
     impression_queue: int = Field(ge=1)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 
 from pipeline.config import ServeParams, load_params
 from pipeline.serving.batching import RankBatcher
@@ -141,6 +140,8 @@ def _ops_routes(
         if state.serving_version is not None:
             instruments.serving.labels(state.serving_version).set(1)
         instruments.degraded.set(0 if state.status == "ok" else 1)
+        standing = None if holder.current is None else getattr(holder.current.recommender, "standing", None)
+        instruments.standing.set(0 if standing is None else len(standing))
         try:
             refresh_online_gauges()
         except Exception:  # the store is down: the other metrics still answer
@@ -172,10 +173,10 @@ def _read_routes(
         Never a book the reader knows, an `exclude`d book or one marked unavailable."""
         challenger, arm = online.arm_for(user_id)
         model = challenger or _serving(holder)
-        # The feedback store is a synchronous database: query it on a worker thread, never on the loop.
-        read, liked = await run_in_threadpool(model.recommender.live_history, feedback, user_id)
         blocked = (*_split_isbns(exclude), *online.blocked)
-        request = {"extra_reads": liked, "extra_excluded": read, "blocked": blocked, "exclude": history}
+        # The reader's live feedback is read on the batcher's thread, one query for the whole batch
+        # (the store is a synchronous database: never queried on the loop).
+        request = {"feedback": feedback, "blocked": blocked, "exclude": history}
         ids, scores = await batcher.rank(
             model.recommender, user_id, k, rules=_rules(model, max_per_author), **request
         )
@@ -363,11 +364,12 @@ def create_app(
 def build_app(root: Path, poll_seconds: float = 10.0, log_impressions: bool = True) -> FastAPI:
     from pipeline.storage.secrets import api_token
 
+    serve = load_params(root).serve
     return create_app(
-        registry_holder(root, poll_seconds),
+        registry_holder(root, poll_seconds, serve.standing),
         FeedbackStore.for_root(root),
         api_token(root),
-        challenger=challenger_holder(root, poll_seconds),
-        serve=load_params(root).serve,
+        challenger=challenger_holder(root, poll_seconds, serve.standing),
+        serve=serve,
         log_impressions=log_impressions,
     )

@@ -13,11 +13,13 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.config import StandingParams
 from pipeline.serving.service import BookRecommender
 
 log = logging.getLogger("bookrec.serving")
@@ -52,8 +54,10 @@ class ModelHolder:
         loader: Callable[[str], BookRecommender],
         version_lookup: Callable[[], str | None],
         poll_seconds: float,
+        after_swap: Callable[[Served], None] = lambda served: None,
     ):
         self._load = loader
+        self._after_swap = after_swap
         self._lookup = version_lookup
         self.poll_seconds = poll_seconds
         self.current: Served | None = None
@@ -88,7 +92,8 @@ class ModelHolder:
             self.current = loaded  # one reference assignment: requests see the old or the new model, whole
             self.failure = None
             log.info("serving bookrec-ncf version %s", version)
-            return True
+        self._after_swap(loaded)
+        return True
 
     def clear(self) -> None:
         """Stop holding a model (a challenger no experiment uses any more)."""
@@ -128,8 +133,25 @@ class ModelHolder:
         self._stop.set()
 
 
-def registry_holder(root: Path, poll_seconds: float) -> ModelHolder:
-    """A holder of the registry's `production` model (the one way the API and the dashboard load it)."""
+def _alias_holder(
+    root: Path, lookup: Callable[[], str | None], poll_seconds: float, standing: StandingParams | None
+) -> ModelHolder:
+    from pipeline.ops import registry
+
+    if standing is None:
+        return ModelHolder(lambda version: registry.load_recommender(root, version), lookup, poll_seconds)
+    warmup = StandingWarmup(standing)
+    return ModelHolder(
+        lambda version: warmup.prepare(registry.load_recommender(root, version)),
+        lookup,
+        poll_seconds,
+        warmup.after_swap,
+    )
+
+
+def registry_holder(root: Path, poll_seconds: float, standing: StandingParams | None = None) -> ModelHolder:
+    """A holder of the registry's `production` model (the one way the API and the dashboard load it),
+    with standing lists when `standing` says so (the API)."""
     from pipeline.ops import history, registry, tracking
 
     seen: list[str | None] = [None]
@@ -143,10 +165,10 @@ def registry_holder(root: Path, poll_seconds: float) -> ModelHolder:
             seen[0] = version
         return version
 
-    return ModelHolder(lambda version: registry.load_recommender(root, version), lookup, poll_seconds)
+    return _alias_holder(root, lookup, poll_seconds, standing)
 
 
-def challenger_holder(root: Path, poll_seconds: float) -> ModelHolder:
+def challenger_holder(root: Path, poll_seconds: float, standing: StandingParams | None = None) -> ModelHolder:
     """A holder of the registry's `challenger` (A/B and shadow serving), loaded the same way."""
     from pipeline.ops import registry, tracking
 
@@ -154,4 +176,35 @@ def challenger_holder(root: Path, poll_seconds: float) -> ModelHolder:
         found = registry.challenger_version(tracking.client(root))
         return None if found is None else str(found.version)
 
-    return ModelHolder(lambda version: registry.load_recommender(root, version), lookup, poll_seconds)
+    return _alias_holder(root, lookup, poll_seconds, standing)
+
+
+class StandingWarmup:
+    """Standing lists (`pipeline.serving.standing`) for every version a holder loads: turned on before
+    the version serves, precomputed for the most active readers in a background thread once it does
+    (requests meanwhile rank in full, and keep the lists they rank)."""
+
+    def __init__(self, params: StandingParams):
+        self.params = params
+
+    def prepare(self, recommender: BookRecommender) -> BookRecommender:
+        if hasattr(recommender, "keep_standing_lists"):  # versions registered before them rank in full
+            recommender.keep_standing_lists(self.params.depth, self.params.capacity)
+        return recommender
+
+    def after_swap(self, served: Served) -> None:
+        if getattr(served.recommender, "standing", None) is None or self.params.warm_readers == 0:
+            return
+        threading.Thread(target=self._warm, args=(served,), name="standing-lists", daemon=True).start()
+
+    def _warm(self, served: Served) -> None:
+        started = time.perf_counter()
+        try:
+            count = served.recommender.precompute_standing_lists(self.params.warm_readers)
+        except Exception:  # the lists fill as requests come: serving is unaffected
+            log.exception("could not precompute the standing lists of version %s", served.version)
+            return
+        seconds = time.perf_counter() - started
+        log.info(
+            "standing lists of %d readers ranked for version %s in %.1f s", count, served.version, seconds
+        )

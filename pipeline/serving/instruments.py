@@ -77,6 +77,7 @@ class Instruments:
     impressions: Counter  # lists logged, per arm and whether shown
     impressions_dropped: Counter  # lists not logged because the queue was full
     online: Gauge  # online metrics of the last days, per version, arm and metric
+    standing: Gauge  # readers whose standing list the serving version keeps
 
     @classmethod
     def create(cls) -> Instruments:
@@ -112,4 +113,5 @@ class Instruments:
                 ["version", "arm", "metric"],
                 registry=registry,
             ),
+            Gauge("bookrec_standing_lists", "Readers whose standing list is kept", registry=registry),
         )

@@ -22,6 +22,7 @@ from pipeline.data.locations import split_location
 from pipeline.data.protocol import is_positive
 from pipeline.model.recommender import NCFRecommender, most_excluded
 from pipeline.ranking import ListRules, Ranker
+from pipeline.serving.standing import StandingLists
 from pipeline.storage.bundle import POSITIVES, Bundle, load_bundle
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 EXCLUDE_MODES = ("all", "train")
 MAX_K = 200
+SCORES_PER_BATCH = 2**25  # readers x catalog scores held at once while standing lists are precomputed
 
 
 def item_rows(lists: list[np.ndarray], n_items: int) -> sp.csr_matrix:
@@ -54,6 +56,13 @@ def binary_union(*matrices: sp.csr_matrix) -> sp.csr_matrix:
     union = sum(kept[1:], kept[0]).tocsr()
     union.data[:] = 1.0
     return union
+
+
+def reads_and_likes(latest: Mapping[str, int], min_explicit_rating: int) -> tuple[list[str], list[str]]:
+    """(every ISBN of a reader's stored ratings, the ones that count as positives by the protocol) from
+    ISBN -> latest rating (`FeedbackStore.latest_ratings`)."""
+    liked = [isbn for isbn, rating in latest.items() if is_positive(rating, min_explicit_rating)]
+    return sorted(latest), sorted(liked)
 
 
 def _text(value) -> str | None:
@@ -102,7 +111,9 @@ class BookRecommender:
         self.ranker = Ranker(
             self.catalog, ListRules(one_per_work=True, max_per_author=bundle.metadata.get("max_per_author"))
         )
+        self.plain_ranker = Ranker(self.catalog, ListRules(one_per_work=False))  # exclusions only
         self.engines = self._engines(bundle)
+        self.standing: StandingLists | None = None  # `keep_standing_lists` turns them on
         self.similarity = self.engines["all"].similarity(bundle.metadata.get("ann_threshold", 100_000))
 
     @staticmethod
@@ -208,9 +219,7 @@ class BookRecommender:
     def live_history(self, store: FeedbackStore, user_id: str) -> tuple[list[str], list[str]]:
         """(every ISBN the reader told the feedback store about, the ones that count as positives by
         this model's protocol): what the API and the dashboard fold in and exclude."""
-        latest = store.latest_ratings(user_id)
-        liked = [isbn for isbn, rating in latest.items() if is_positive(rating, self.min_explicit_rating)]
-        return sorted(latest), sorted(liked)
+        return reads_and_likes(store.latest_ratings(user_id), self.min_explicit_rating)
 
     def rules_for(self, max_per_author: int | None | str = "default") -> ListRules:
         """The model's list rules, with the author cap overridden (0 or None: no cap) unless "default"."""
@@ -261,25 +270,98 @@ class BookRecommender:
         if not user_ids:
             return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)
         engine = self.engines[exclude]
-        rows, features, history, excluded = self._readers(
+        rows, features, history, excluded, unchanged = self._readers(
             engine, [str(u).strip() for u in user_ids], readers or {}, extra_reads or {}, extra_excluded or {}
         )
         if blocked:
             lists = [self.item_indices(blocked.get(str(u).strip(), ()), strict=False) for u in user_ids]
             excluded = binary_union(excluded, item_rows(lists, self.bundle.n_items))
-        scores, items = engine.scored_rows(rows, features, history, most_excluded(excluded))
         per_reader = rules if isinstance(rules, list) else [rules or self.ranker.rules] * len(rows)
         ids = np.full((len(rows), k), -1, dtype=np.int64)
         best = np.full((len(rows), k), -np.inf, dtype=np.float32)
-        for group_rules in set(per_reader):  # readers asking for the same rules are ranked together
-            group = np.flatnonzero([r == group_rules for r in per_reader])
-            ranker = Ranker(self.catalog, group_rules)
-            group_items = None if items is None else items[group]
-            ids[group], best[group] = ranker.top_k(scores[group], excluded[group], k, group_items)
+        rest = np.arange(len(rows))
+        if self.standing is not None and exclude == "all":
+            answered = self._rank_from_standing(
+                engine, rows, features, history, unchanged, excluded, per_reader, k
+            )
+            for position, (row_ids, row_best) in answered.items():
+                ids[position], best[position] = row_ids, row_best
+            rest = np.setdiff1d(rest, np.fromiter(answered, dtype=np.int64, count=len(answered)))
+        if len(rest):
+            scores, items = engine.scored_rows(
+                rows[rest], features[rest], history[rest], most_excluded(excluded[rest])
+            )
+            ids[rest], best[rest] = self._rank_by_rules(
+                scores, items, excluded[rest], [per_reader[i] for i in rest], k
+            )
         return ids, best
 
+    def _rank_by_rules(self, scores, items, excluded, per_reader: list[ListRules], k: int):
+        """The one ranking path for a block of readers; readers asking for the same rules ranked together."""
+        ids = np.full((len(scores), k), -1, dtype=np.int64)
+        best = np.full((len(scores), k), -np.inf, dtype=np.float32)
+        for group_rules in set(per_reader):
+            group = np.flatnonzero([r == group_rules for r in per_reader])
+            group_items = None if items is None else items[group]
+            ids[group], best[group] = Ranker(self.catalog, group_rules).top_k(
+                scores[group], excluded[group], k, group_items
+            )
+        return ids, best
+
+    def keep_standing_lists(self, depth: int, capacity: int) -> None:
+        """Serve known readers whose history is unchanged from standing lists of `depth` books, kept for
+        up to `capacity` readers (`pipeline.serving.standing`); depth 0 turns them off."""
+        self.standing = StandingLists(depth, capacity) if depth > 0 else None
+
+    def precompute_standing_lists(self, max_readers: int, batch_size: int = 256) -> int:
+        """Rank the standing lists of up to `max_readers` known readers, the most active first (the ones
+        most likely to come back), in batches; returns how many were ranked."""
+        if self.standing is None or max_readers <= 0:
+            return 0
+        engine = self.engines["all"]
+        activity = np.diff(engine.history.indptr)[: self.bundle.n_users]
+        order = np.argsort(-activity, kind="stable")[: min(max_readers, self.standing.capacity)]
+        batch_size = max(1, min(batch_size, SCORES_PER_BATCH // max(self.bundle.n_items, 1)))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            self._standing_lists(
+                engine, rows, engine.user_features[torch.as_tensor(rows)], engine.history[rows]
+            )
+        return len(order)
+
+    def _standing_lists(self, engine, rows, features, history) -> tuple[np.ndarray, np.ndarray]:
+        """Rank and keep the standing lists of model `rows` (their history is the bundle's)."""
+        seen = engine.seen[rows]
+        scores, items = engine.scored_rows(rows, features, history, most_excluded(seen))
+        top_items, top_scores = self.plain_ranker.top_k(scores, seen, self.standing.depth, items)
+        self.standing.put(rows, top_items, top_scores)
+        return top_items, top_scores
+
+    def _rank_from_standing(
+        self, engine, rows, features, history, unchanged, excluded, per_reader, k
+    ) -> dict:
+        """{position: (ids, scores)} for the readers whose list their standing list decides (see
+        `pipeline.serving.standing`); standing lists missing for such readers are ranked and kept first."""
+        eligible = np.flatnonzero(unchanged)
+        if not len(eligible):
+            return {}
+        found, items, scores, complete = self.standing.get(rows[eligible])
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            at = eligible[missing]
+            items[missing], scores[missing] = self._standing_lists(
+                engine, rows[at], features[at], history[at]
+            )
+            complete[missing] = items[missing, -1] < 0
+        ids, best = self._rank_by_rules(
+            scores, items, excluded[eligible], [per_reader[i] for i in eligible], k
+        )
+        decided = complete | ((ids >= 0).sum(axis=1) >= k)
+        return {int(eligible[i]): (ids[i], best[i]) for i in np.flatnonzero(decided)}
+
     def _readers(self, engine, user_ids, readers, extra_reads, extra_excluded):
-        """Model rows, side-feature ids, history rows and exclusion rows for a batch of readers.
+        """Model rows, side-feature ids, history rows, exclusion rows and whether each reader is a known one
+        represented as in the bundle (nothing read since training), for a batch of readers.
 
         Known readers bring their row of the bundle's exclusion; for everyone, books read since
         training (`extra_reads`, folded into the history), `extra_excluded` and an unknown reader's
@@ -303,10 +385,12 @@ class BookRecommender:
             )
         added_rows = item_rows(added, self.bundle.n_items)
         history = binary_union(engine.history[rows], added_rows)
+        unchanged = (rows != unknown) & (np.diff(added_rows.indptr) == 0)  # represented as in the bundle
         known = binary_union(added_rows, item_rows(also_excluded, self.bundle.n_items))
         if not known.nnz:  # nothing new about these readers: their rows of the bundle say it all
-            return rows, features, history, engine.seen[rows]
-        return rows, features, history, binary_union(engine.seen[rows], self.catalog.with_editions(known))
+            return rows, features, history, engine.seen[rows], unchanged
+        excluded = binary_union(engine.seen[rows], self.catalog.with_editions(known))
+        return rows, features, history, excluded, unchanged
 
     def book_records(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
         """One ranked list as dicts (rank, isbn, score and the book's details), for JSON answers."""

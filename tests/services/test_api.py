@@ -288,6 +288,40 @@ def test_posted_interaction_is_reflected_at_once_and_survives_a_restart(project,
     assert top not in {b["isbn"] for b in again}
 
 
+def test_standing_lists_serve_known_readers_and_feedback_still_counts_at_once(project, service):
+    """The API keeps standing lists (precomputed per reader); a dislike posted afterwards leaves the
+    reader's representation as it was but must leave their next list at once, and a liked book must
+    move the list to the new history."""
+
+    def standing() -> float:
+        lines = httpx.get(f"{service.url}/metrics").text.splitlines()
+        return next(float(x.split()[-1]) for x in lines if x.startswith("bookrec_standing_lists "))
+
+    deadline = time.monotonic() + 60
+    while standing() == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert standing() > 0
+    before = [b["isbn"] for b in httpx.get(f"{service.url}/recommendations/1003").json()["books"]]
+    disliked = before[0]
+    posted = httpx.post(
+        f"{service.url}/users/1003/interactions", json={"isbn": disliked, "rating": 2}, headers=service.auth
+    )
+    assert posted.status_code == 201
+    after = [b["isbn"] for b in httpx.get(f"{service.url}/recommendations/1003").json()["books"]]
+    assert disliked not in after and after[:9] == before[1:10]  # the same list, one place up
+    liked = httpx.get(f"{service.url}/recommendations/1200").json()["books"][0]["isbn"]
+    httpx.post(
+        f"{service.url}/users/1003/interactions", json={"isbn": liked, "rating": 10}, headers=service.auth
+    )
+    moved = [b["isbn"] for b in httpx.get(f"{service.url}/recommendations/1003").json()["books"]]
+    from pipeline.serving.service import BookRecommender
+
+    ranked_in_full = BookRecommender.from_folder(project / "models" / "ncf").recommend(
+        ["1003"], 10, extra_reads={"1003": [liked]}, extra_excluded={"1003": [disliked, liked]}
+    )
+    assert moved == ranked_in_full["isbn"].tolist()
+
+
 def test_alias_swap_without_failed_requests(project, service):
     failures, answers, stop = [], [], threading.Event()
 
