@@ -14,12 +14,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.ranking import ListRules
-from pipeline.serving.service import BookRecommender, Reader
+from pipeline.serving.service import BookRecommender, Reader, reads_and_likes
+
+if TYPE_CHECKING:
+    from pipeline.storage.feedback import FeedbackStore
 
 
 @dataclass
@@ -33,7 +37,31 @@ class RankRequest:
     rules: ListRules | None = None  # None: the model's list rules
     blocked: tuple[str, ...] = ()  # never listed (request exclude list, unavailable books)
     exclude: str = "all"  # "train": the evaluation protocol's history and exclusions (replays)
+    feedback: FeedbackStore | None = None  # fold in what the reader told this store (live feedback)
     future: asyncio.Future | None = field(default=None, repr=False)  # set by `RankBatcher.rank`
+
+
+def with_live_feedback(requests: list[RankRequest]) -> list[RankRequest]:
+    """The requests with their readers' stored feedback folded in: every book they rated excluded, the
+    ones that count as positives read. One query per store for the whole batch, on the scoring thread."""
+    stores = {id(r.feedback): r.feedback for r in requests if r.feedback is not None}
+    latest = {key: store.latest_ratings_of([r.user_id for r in requests]) for key, store in stores.items()}
+    answer = []
+    for request in requests:
+        if request.feedback is None:
+            answer.append(request)
+            continue
+        ratings = latest[id(request.feedback)].get(request.user_id.strip(), {})
+        read, liked = reads_and_likes(ratings, request.recommender.min_explicit_rating)
+        answer.append(
+            replace(
+                request,
+                extra_reads=(*request.extra_reads, *liked),
+                extra_excluded=(*request.extra_excluded, *read),
+                feedback=None,
+            )
+        )
+    return answer
 
 
 def rank_together(requests: list[RankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -81,6 +109,7 @@ class RankBatcher:
         rules: ListRules | None = None,
         blocked: Iterable[str] = (),
         exclude: str = "all",
+        feedback: FeedbackStore | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         loop = asyncio.get_running_loop()
         request = RankRequest(
@@ -93,6 +122,7 @@ class RankBatcher:
             rules,
             tuple(blocked),
             exclude,
+            feedback,
             loop.create_future(),
         )
         self.pending.append(request)
@@ -119,22 +149,28 @@ class RankBatcher:
     def _score(self, batch: list[RankRequest]) -> list[tuple[RankRequest, bool, object]]:
         """(request, succeeded, answer or error) for every request of `batch`."""
         self.observe_batch_size(len(batch))
-        groups: dict[tuple[int, str], list[RankRequest]] = {}
-        for request in batch:  # a model swap (or an A/B test) may put two recommenders in one batch
-            groups.setdefault((id(request.recommender), request.exclude), []).append(request)
+        try:
+            ready = with_live_feedback(batch)
+        except Exception as err:  # the store is down: no list may ignore what readers told it
+            return [(request, False, err) for request in batch]
+        groups: dict[tuple[int, str], list[tuple[RankRequest, RankRequest]]] = {}
+        for request, prepared in zip(batch, ready, strict=True):
+            # a model swap (or an A/B test) may put two recommenders in one batch
+            groups.setdefault((id(request.recommender), request.exclude), []).append((request, prepared))
         outcomes = []
         for group in groups.values():
             try:
-                outcomes += [(r, True, answer) for r, answer in zip(group, rank_together(group), strict=True)]
+                answers = rank_together([prepared for _, prepared in group])
+                outcomes += [(r, True, answer) for (r, _), answer in zip(group, answers, strict=True)]
             except Exception:
                 # One bad request must not fail the others: score them one by one.
-                outcomes += [self._alone(request) for request in group]
+                outcomes += [self._alone(request, prepared) for request, prepared in group]
         return outcomes
 
     @staticmethod
-    def _alone(request: RankRequest) -> tuple[RankRequest, bool, object]:
+    def _alone(request: RankRequest, prepared: RankRequest) -> tuple[RankRequest, bool, object]:
         try:
-            return request, True, rank_together([request])[0]
+            return request, True, rank_together([prepared])[0]
         except Exception as err:
             return request, False, err
 

@@ -49,7 +49,9 @@ class FeedbackStore:
     def __init__(self, url: str):
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        # A file database has no connection to lose: checking one before each query (a round trip per
+        # request on the serving path) is only worth it for a server (the compose deployment's Postgres).
+        self.engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         from pipeline.storage import impressions  # noqa: F401  (its tables live in this database too)
 
         metadata.create_all(self.engine)
@@ -92,8 +94,22 @@ class FeedbackStore:
 
     def latest_ratings(self, user_id: str) -> dict[str, int]:
         """ISBN -> the reader's latest rating of it (0 = read without rating), from one query. What
-        counts as a positive is the model's protocol (`BookRecommender.live_history`)."""
-        return {item.isbn: item.rating for item in self.for_user(user_id)}
+        counts as a positive is the model's protocol (`pipeline.serving.service.reads_and_likes`)."""
+        return self.latest_ratings_of([user_id]).get(str(user_id).strip(), {})
+
+    def latest_ratings_of(self, user_ids: list[str]) -> dict[str, dict[str, int]]:
+        """`latest_ratings` of several readers from one query (readers with nothing stored are absent)."""
+        wanted = sorted({str(u).strip() for u in user_ids})
+        query = (
+            sa.select(interactions.c.user_id, interactions.c.isbn, interactions.c.rating)
+            .where(interactions.c.user_id.in_(wanted))
+            .order_by(interactions.c.id)
+        )
+        latest: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as connection:
+            for user_id, isbn, rating in connection.execute(query):
+                latest.setdefault(user_id, {})[isbn] = rating
+        return latest
 
     def count(self) -> int:
         with self.engine.connect() as connection:
