@@ -45,6 +45,17 @@ class Interaction:
     request_id: str | None = None
 
 
+def _sqlite_for_several_processes(connection, _record) -> None:
+    """The API, the dashboard and the impression writers share one SQLite file: write-ahead logging
+    lets readers go on while one of them commits (a rollback journal locks them out for the commit),
+    and a writer waits for another instead of failing. Commits stay synchronous (FULL): a posted
+    rating is on disk before the API answers."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
 class FeedbackStore:
     def __init__(self, url: str):
         if url.startswith("sqlite:///"):
@@ -52,6 +63,8 @@ class FeedbackStore:
         # A file database has no connection to lose: checking one before each query (a round trip per
         # request on the serving path) is only worth it for a server (the compose deployment's Postgres).
         self.engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        if url.startswith("sqlite"):
+            sa.event.listen(self.engine, "connect", _sqlite_for_several_processes)
         from pipeline.storage import impressions  # noqa: F401  (its tables live in this database too)
 
         metadata.create_all(self.engine)
