@@ -30,7 +30,8 @@ RAW_DATA = Asset(name="bookrec_raw_data", uri=(ROOT / "data" / "raw").as_uri())
 TRAIN_KNOBS = {
     "gmf_dim": ("integer", "Width of the GMF tower", 1, 2048),
     "mlp_dim": ("integer", "Width of the MLP tower's embeddings", 1, 512),
-    "lr": ("number", "Adam learning rate", 1e-5, 1.0),
+    "lr": ("number", "Adam learning rate of the first epoch", 1e-5, 1.0),
+    "lr_decay": ("number", "Learning-rate factor applied after each epoch (1 = constant)", 0.01, 1.0),
     "epochs": ("integer", "Upper bound on training epochs", 1, 500),
     "negatives": ("integer", "Sampled negatives per positive", 1, 64),
     "l2": ("number", "L2 on the embeddings a batch uses", 0.0, 1.0),

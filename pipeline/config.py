@@ -150,6 +150,7 @@ class TrainParams(Section):
     history_alpha: float = Field(ge=0, le=1)
     init_std: float = Field(gt=0)
     lr: float = Field(gt=0)
+    lr_decay: float = Field(gt=0, le=1)
     batch_size: int = Field(ge=1)
     epochs: int = Field(ge=1)
     negatives: int = Field(ge=1)

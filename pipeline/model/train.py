@@ -288,6 +288,7 @@ def fit(
     parallel = _DataParallel(model, data, epoch_data, params) if distributed.active() else None
     main = distributed.is_main()
     optimizer = _optimizer(model, params)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=params.lr_decay)
     history = History()
     best_state = copy.deepcopy(model.state_dict())
     started = time.perf_counter()
@@ -296,8 +297,10 @@ def fit(
         range(1, params.epochs + 1), desc="train", unit="epoch", disable=not (show_progress and main)
     )
     for epoch in progress:
+        rate = optimizer.param_groups[0]["lr"]
         loss = _train_epoch(model, data, epoch_data, optimizer, params, generator, parallel)
-        row = {"epoch": epoch, "loss": loss}
+        schedule.step()
+        row = {"epoch": epoch, "loss": loss, "lr": rate}
         elapsed = time.perf_counter() - started
         validating = validate is not None and (epoch % params.eval_every == 0 or epoch == params.epochs)
         figure = float("nan")

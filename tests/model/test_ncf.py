@@ -234,6 +234,14 @@ def test_two_one_epoch_runs_with_one_seed_give_identical_weights():
     )
 
 
+def test_the_learning_rate_decays_by_epoch_and_a_constant_rate_is_the_default():
+    data = planted()
+    decayed = fit(build_model(data, small_params()), data, small_params(epochs=3, lr_decay=0.5), None, False)
+    assert [row["lr"] for row in decayed.epochs] == pytest.approx([0.02, 0.01, 0.005])
+    constant = fit(build_model(data, small_params()), data, small_params(epochs=2, lr_decay=1.0), None, False)
+    assert [row["lr"] for row in constant.epochs] == pytest.approx([0.02, 0.02])
+
+
 def test_config_round_trip_and_ablation_switches():
     config = NCFConfig(
         n_users=3,
