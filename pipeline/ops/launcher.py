@@ -210,11 +210,6 @@ def up(root: Path, echo=print) -> int:
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     api_token(root)  # made once, owner-only, before any service can need it
-    if not has_production_model(root):
-        echo("No production model yet: running the training DAG once (airflow dags test) ...")
-        if pipeline_run(root, echo=echo) != 0:
-            echo("Nothing was started.")
-            return 1
     started: list[Service] = []
     stopping = False
 
@@ -225,7 +220,19 @@ def up(root: Path, echo=print) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        for service in services(root):
+        waiting = services(root)
+        if not has_production_model(root):
+            # MLflow, the dashboard and the API start while the first training runs (they share no
+            # database with `airflow dags test`, and the API and the dashboard serve `production` as
+            # soon as the gate moves it); Airflow's own services start once the DAG test is done.
+            for service in [s for s in waiting if s.name != "airflow"]:
+                _start(service, root, logs)
+                started.append(service)
+            echo("No production model yet: running the training DAG once (airflow dags test) ...")
+            if pipeline_run(root, echo=echo) != 0:
+                echo("The first training run failed: nothing stays running.")
+                return 1
+        for service in [s for s in waiting if s not in started]:
             _start(service, root, logs)
             started.append(service)
         for service in started:

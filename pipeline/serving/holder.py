@@ -120,7 +120,10 @@ class ModelHolder:
 
     def start(self) -> None:
         def poll():
-            while not self._stop.wait(self.poll_seconds):
+            # Nothing served yet (the first training run is still on its way): look every second.
+            while not self._stop.wait(
+                self.poll_seconds if self.current is not None else min(self.poll_seconds, 1.0)
+            ):
                 try:
                     self.refresh()
                 except Exception:  # the registry is down: keep serving the current model
