@@ -24,13 +24,34 @@ import scipy.sparse as sp
 from pipeline.data.catalog import Catalog
 
 
+def best_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """The `k` best columns of each row (k < columns), unordered. Where the k-th best value is tied
+    beyond the k, the tied columns of lowest index are taken, so ties keep column order whoever
+    partitions. torch's partial sort (`topk`) takes about half the time of numpy's `argpartition`
+    here; it takes k + 1 columns, so that a tie across the k-th place shows as the two smallest of
+    them being equal, without another pass over the row."""
+    import torch  # here, not at import: the dashboard draws its first page before torch is loaded
+
+    values, columns = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k + 1, dim=1, sorted=False)
+    smallest = torch.topk(values, 2, dim=1, largest=False)  # the (k+1)-th value, then the k-th
+    keep = torch.ones_like(values, dtype=torch.bool)
+    keep[torch.arange(len(values)), smallest.indices[:, 0]] = False
+    best = columns[keep].reshape(len(values), k).numpy()
+    straddling = (smallest.values[:, 0] == smallest.values[:, 1]).numpy()
+    for row in np.flatnonzero(straddling):
+        line, value = scores[row], smallest.values[row, 1].item()
+        above = np.flatnonzero(line > value)
+        best[row] = np.concatenate([above, np.flatnonzero(line == value)[: k - len(above)]])
+    return best
+
+
 def plain_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best `k` columns of each row, best first, by partial sort; -inf entries never make the list
     (they come back as index -1). Ties keep column order."""
     n_rows, n_cols = scores.shape
     k_eff = min(k, n_cols)
     if k_eff < n_cols:
-        candidates = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+        candidates = best_columns(scores, k_eff)
     else:
         candidates = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
     candidate_scores = np.take_along_axis(scores, candidates, axis=1)
@@ -135,7 +156,8 @@ class Ranker:
         rows = np.arange(len(scores))
         depth = min(scores.shape[1], 4 * k + 16)
         while len(rows):
-            candidates, candidate_scores = plain_top_k(scores[rows], depth)
+            remaining = scores if len(rows) == len(scores) else scores[rows]  # no copy on the first pass
+            candidates, candidate_scores = plain_top_k(remaining, depth)
             kept = self._eligible(candidates if items is None else _items_at(items[rows], candidates))
             picked = np.cumsum(kept, axis=1)
             complete = (picked[:, -1] >= k) | (depth >= scores.shape[1]) | (candidates[:, -1] < 0)

@@ -77,6 +77,21 @@ def test_plain_top_k_is_sorted_breaks_ties_by_item_and_pads_excluded_items():
     assert best[0].tolist() == pytest.approx([0.9, 0.5, 0.1])
 
 
+def test_ties_across_the_kth_place_go_to_the_lowest_columns_and_match_a_full_sort():
+    """Many equal scores around the k-th place (popularity counts, ItemKNN zeros): the list is the
+    first k of a full sort by (score desc, column), whatever the partial sort picks."""
+    row = [1, 1, 2, 2, 0, 0, 2, 2, 0, 0, 2, 1, 0, 2, 0, 1, 1, 1, 0, 0, 2, 2, 2, 1, 2, 0, 1, 2, 0, 0]
+    ids, _ = plain_top_k(np.array([row], dtype=np.float32), 5)
+    assert ids[0].tolist() == [2, 3, 6, 7, 10]  # numpy's argpartition took column 13 over 10 here
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(50, 40)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.2] = -np.inf
+    ids, _ = plain_top_k(scores, 7)
+    for line, got in zip(scores, ids, strict=True):
+        expected = sorted(range(40), key=lambda c: (-line[c], c))[:7]
+        assert got.tolist() == [c if np.isfinite(line[c]) else -1 for c in expected]
+
+
 def hand_catalog():
     """Ten books: 0-4 by author 0 (0 and 1 editions of one work), 5-9 by five other authors."""
     work = np.array([0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
