@@ -23,6 +23,8 @@ import scipy.sparse as sp
 
 from pipeline.data.catalog import Catalog
 
+SMALL_ROWS = 1024  # rows up to this long are sorted whole
+
 
 def best_columns(scores: np.ndarray, k: int) -> np.ndarray:
     """The `k` best columns of each row (k < columns), unordered. Where the k-th best value is tied
@@ -50,8 +52,12 @@ def plain_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     (they come back as index -1). Ties keep column order."""
     n_rows, n_cols = scores.shape
     k_eff = min(k, n_cols)
-    if k_eff < n_cols:
+    if k_eff < n_cols and n_cols > SMALL_ROWS:
         candidates = best_columns(scores, k_eff)
+    elif (
+        k_eff < n_cols
+    ):  # a few hundred candidates (standing lists): a stable sort costs less than torch's call
+        candidates = np.argsort(-scores, axis=1, kind="stable")[:, :k_eff]
     else:
         candidates = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
     candidate_scores = np.take_along_axis(scores, candidates, axis=1)
