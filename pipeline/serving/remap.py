@@ -45,7 +45,7 @@ class RemappedRecommender(Recommender):
                 location = ", ".join(str(person.get(c) or "") for c in ("city", "region", "country"))
                 readers[raw] = Reader(age=person.get("age"), location=location)
         engine = self.served.engines["train"]
-        rows, features, _, _ = self.served._readers(engine, raw_ids, readers, {}, {})
+        rows, features, *_ = self.served._readers(engine, raw_ids, readers, {}, {})
         # The served model knows these readers by the candidate's split: their history is exactly the
         # candidate's training rows (mapped to the served model's books), nothing the model stored.
         history = item_rows(

@@ -53,6 +53,7 @@ def small_params(**overrides):
             "mlp_layers": (16,),
             "dropout": 0.0,
             "lr": 0.02,
+            "lr_decay": 1.0,  # the planted tastes are calibrated for a constant rate
             "batch_size": 256,
             "epochs": 30,
             "negatives": 4,
