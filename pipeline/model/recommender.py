@@ -122,7 +122,9 @@ class Recommender(ABC):
         """The scores to rank: every item's (items None) or, for a model with two-stage retrieval, each
         reader's candidates' (items: their indices, B x C, -1 pads); `extra`: how many of a reader's
         items may be excluded at most. A writable copy."""
-        return np.array(self.score_users(users), dtype=np.float32, copy=True), None
+        # C order: a copy of a broadcast row (popularity) would otherwise come out column-major, and
+        # every later pass over the rows (masking, the partial sort) would copy or stride across it
+        return np.array(self.score_users(users), dtype=np.float32, order="C", copy=True), None
 
     def similarity(self, ann_threshold: int | None = None) -> ItemSimilarity:
         if self._similarity is None:

@@ -84,11 +84,11 @@ def test_ties_across_the_kth_place_go_to_the_lowest_columns_and_match_a_full_sor
     ids, _ = plain_top_k(np.array([row], dtype=np.float32), 5)
     assert ids[0].tolist() == [2, 3, 6, 7, 10]  # numpy's argpartition took column 13 over 10 here
     rng = np.random.default_rng(0)
-    for width in (40, 3000):  # rows sorted whole, and rows partitioned by torch's topk
+    for width, order in ((40, "C"), (3000, "C"), (3000, "F")):  # sorted whole; partitioned by topk
         scores = rng.integers(0, 4, size=(20, width)).astype(np.float32)
         scores[rng.random(scores.shape) < 0.2] = -np.inf
         scores[0, 7:] = -np.inf  # fewer finite scores than asked for
-        ids, _ = plain_top_k(scores, 9)
+        ids, _ = plain_top_k(np.asarray(scores, order=order), 9)
         for line, got in zip(scores, ids, strict=True):
             expected = sorted(range(width), key=lambda c: (-line[c], c))[:9]
             assert got.tolist() == [c if np.isfinite(line[c]) else -1 for c in expected]
