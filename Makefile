@@ -21,10 +21,12 @@ setup: $(STAMP)  ## create .venv and install the pinned dependencies (idempotent
 UV_VERSION := 0.13.9
 FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 
-$(STAMP): requirements.lock pyproject.toml
+# The recipe is part of what the stamp stands for: a venv installed by an older one is installed again
+# (--reinstall: uv compiles only what it installs, so a venv installed without bytecode gets it then).
+$(STAMP): requirements.lock pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25" wheel "setuptools>=69" "uv==$(UV_VERSION)"
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --compile-bytecode $(addprefix --find-links ,$(FIND_LINKS)) \
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --reinstall --compile-bytecode $(addprefix --find-links ,$(FIND_LINKS)) \
 		-r requirements.lock || $(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
