@@ -48,3 +48,23 @@ def measure(args: list[str], cwd: Path, preexec_fn=None) -> dict:
     result = json.loads(line[11:])
     result["wall_seconds"] = time.perf_counter() - started  # includes interpreter start and imports
     return result
+
+
+def measure_epoch(project: Path, preexec_fn=None) -> dict:
+    """One training epoch of `project`'s params (benchmarks/train_epoch.py) in a child process."""
+    script = Path(__file__).with_name("train_epoch.py")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(script), "--root", str(project), "--json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=preexec_fn,
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("@@EPOCH@@")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"train_epoch.py failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    result = json.loads(line[9:])
+    result["wall_seconds"] = time.perf_counter() - started
+    return result

@@ -1,14 +1,18 @@
 """How each stage's wall time and peak memory grow with the data: synthetic Book-Crossing at N times.
 
-    python benchmarks/scale.py [--scales 1,10] [--data-scales 100] [--source ../shared/data/book-crossing]
+    python benchmarks/scale.py [--scales 1,10] [--epoch-scales 100] [--source ../shared/data/book-crossing]
                                [--workdir DIR] [--memory-limit-gib 20] [--out reports]
-                               [--keep] [--synthetic-from DIR] [--eval-readers 15000]
+                               [--keep] [--synthetic-from DIR] [--eval-readers N]
 
-For each scale, in a fresh copy of the project: `bookrec data synth --scale N` (the generator itself
-is measured too), `bookrec data fetch --source ... --allow-modified`, then every stage (`--scales`) or
-the data stages only (`--data-scales`: ingest, preprocess, features), each in its own process (wall
-time and peak RSS, `benchmarks/_measure.py`). A stage that fails (out of memory under
-`--memory-limit-gib`, a crash) is recorded with its error and the rest of that scale is skipped.
+For each scale, in a fresh copy of the project with the default params.yaml: `bookrec data synth
+--scale N` (the generator itself is measured too), `bookrec data fetch --source ... --allow-modified`,
+the data stages (ingest, preprocess, features), one training epoch without validation
+(`benchmarks/train_epoch.py`), then, for `--scales`, every model stage (train, baselines, evaluate,
+and `bookrec register`, which registers the model and runs the promotion gate), each in its own
+process (wall time and peak RSS, `benchmarks/_measure.py`). `--epoch-scales` stop after the epoch.
+A stage that fails (out of memory under `--memory-limit-gib`, a crash) is recorded with its error and
+the rest of that scale is skipped. `--eval-readers` sets evaluate.max_readers; by default the code
+chooses the reader sample from the catalog's size (`evaluate.max_scored_pairs`).
 Writes `scale.json` (every measurement) and `scale.png` (log-log time and memory against the scale)
 into `--out`, and prints each stage's growth exponent: the least-squares slope of log(time) against
 log(scale) (1: linear, 2: quadratic).
@@ -30,10 +34,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._measure import measure  # noqa: E402
+from benchmarks._measure import measure, measure_epoch  # noqa: E402
 from tests.conftest import copy_project  # noqa: E402
 
 DATA_STAGES = ("ingest", "preprocess", "features")
+EPOCH = "train epoch"  # one epoch of training alone, no validation: benchmarks/train_epoch.py
 MODEL_STAGES = ("train", "baselines", "evaluate", "register")
 
 
@@ -47,12 +52,12 @@ def limited(gib: float | None):
 
 
 def benchmark_params(project: Path, args) -> None:
-    """The copy's params.yaml for a run at scale: evaluation on a seeded sample of `--eval-readers`
-    readers (all of them at 1x), and no wall-time guard on training (a bigger run is expected)."""
+    """The copy's params.yaml: the default one, unless `--eval-readers` fixes the evaluation sample."""
+    if args.eval_readers is None:
+        return
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())
     params["evaluate"]["max_readers"] = args.eval_readers
-    params["train"]["max_seconds"] = 0
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -71,12 +76,19 @@ def run_scale(scale: float, everything: bool, args, workdir: Path) -> list[dict]
     if earlier is not None and (earlier / "synth.json").is_file():
         synthetic, steps = earlier, []  # the same seed and scale: the same files, generated before
     steps.append(("fetch", ["data", "fetch", "--source", str(synthetic), "--allow-modified"]))
-    steps += [(stage, [stage]) for stage in DATA_STAGES + (MODEL_STAGES if everything else ())]
+    steps += [(stage, [stage]) for stage in DATA_STAGES]
+    steps.append((EPOCH, []))
+    steps += [(stage, [stage]) for stage in (MODEL_STAGES if everything else ())]
     rows = []
     for name, command in steps:
-        memory = args.memory_limit_gib if name in DATA_STAGES + ("synth", "fetch") else None
+        # the address-space cap suits the data stages; torch reserves far more address space than it uses
+        memory = limited(args.memory_limit_gib if name in DATA_STAGES + ("synth", "fetch") else None)
         try:
-            result = measure(command, project, preexec_fn=limited(memory))
+            if name == EPOCH:
+                result = measure_epoch(project, preexec_fn=memory)
+                result["seconds"] = result["epoch_seconds"][0]
+            else:
+                result = measure(command, project, preexec_fn=memory)
         except RuntimeError as err:
             rows.append({"scale": scale, "stage": name, "error": str(err)[-1500:]})
             print(f"x{scale:g} {name}: FAILED ({str(err).splitlines()[-1][:200]})", flush=True)
@@ -87,6 +99,7 @@ def run_scale(scale: float, everything: bool, args, workdir: Path) -> list[dict]
                 "stage": name,
                 "seconds": result["seconds"],
                 "peak_rss_mib": result["peak_rss_mib"],
+                **({"epoch": result} if name == EPOCH else {}),
             }
         )
         print(
@@ -154,15 +167,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--scales", default="1,10", help="scales run through every stage")
-    parser.add_argument("--data-scales", default="100", help="scales run through the data stages only")
+    parser.add_argument(
+        "--epoch-scales", default="100", help="scales run through the data stages and one training epoch"
+    )
     parser.add_argument("--source", type=Path, default=None, help="the real data the generator fits")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--memory-limit-gib", type=float, default=20.0)
     parser.add_argument(
         "--eval-readers",
         type=int,
-        default=15000,
-        help="evaluate.max_readers in every run (15,000 covers every test reader at 1x)",
+        default=None,
+        help="evaluate.max_readers in every run (default: params.yaml)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
     parser.add_argument("--keep", action="store_true", help="keep the projects and synthetic files")
@@ -174,7 +189,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     scales = [float(s) for s in args.scales.split(",") if s]
-    data_scales = [float(s) for s in args.data_scales.split(",") if s and float(s) not in scales]
+    data_scales = [float(s) for s in args.epoch_scales.split(",") if s and float(s) not in scales]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bookrec-scale-"))
     rows: list[dict] = []
     for scale in sorted(scales + data_scales):

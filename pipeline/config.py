@@ -116,6 +116,7 @@ class EvaluateParams(Section):
     batch_size: int = Field(ge=1)
     processes: int = Field(ge=0)
     max_readers: int = Field(ge=0)
+    max_scored_pairs: int = Field(ge=0)
     readers_seed: int
     cohort_top_countries: int = Field(ge=0)
     two_stage: bool
@@ -140,6 +141,7 @@ class EvaluateParams(Section):
 class TrainParams(Section):
     seed: int
     threads: int = Field(ge=0)
+    device: str = Field(pattern="^(auto|cpu|cuda)$")
     gmf_dim: int = Field(ge=1)
     mlp_dim: int = Field(ge=1)
     mlp_layers: tuple[int, ...]
@@ -150,6 +152,8 @@ class TrainParams(Section):
     history_alpha: float = Field(ge=0, le=1)
     init_std: float = Field(gt=0)
     lr: float = Field(gt=0)
+    embedding_lr: float = Field(gt=0)
+    embedding_optimizer: str = Field(pattern="^(sparse_adam|rowwise_adagrad)$")
     lr_decay: float = Field(gt=0, le=1)
     batch_size: int = Field(ge=1)
     epochs: int = Field(ge=1)

@@ -111,6 +111,7 @@ def evaluation_data(
         processes=params.evaluate.processes or len(os.sched_getaffinity(0)),
         max_readers=params.evaluate.max_readers,
         readers_seed=params.evaluate.readers_seed,
+        max_scored_pairs=params.evaluate.max_scored_pairs,
     )
 
 
@@ -130,11 +131,22 @@ def run_name(params: Params, feature_hash: str, when: datetime | None = None) ->
 
 
 def _early_stopping_users(validation, params: Params):
-    """The validation users that choose the best epoch and the neighbourhood weight (a seeded sample)."""
+    """The validation users that choose the best epoch and the neighbourhood weight: a seeded sample of
+    `train.early_stopping_users`, no more than `evaluate.max_scored_pairs` readers x books. A split
+    without validation readers is an error here, before any training."""
     import numpy as np
 
+    from pipeline.evaluation.evaluate import readers_cap
+
     users = validation.users_with_truth()
-    wanted = params.train.early_stopping_users
+    if not len(users):
+        raise ValueError(
+            "the validation split has no reader with held-out books: training could not choose an epoch "
+            "(check preprocess.validation_fraction and the data)"
+        )
+    wanted = readers_cap(
+        validation.n_items, params.train.early_stopping_users, params.evaluate.max_scored_pairs
+    )
     if wanted and wanted < len(users):
         users = np.sort(np.random.default_rng(params.train.seed).choice(users, wanted, replace=False))
     return users
@@ -186,7 +198,9 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
             model,
             data,
             params.train,
-            lambda candidate: ndcg_at(network(candidate), validation, check_users, batch_size=512),
+            lambda candidate: ndcg_at(
+                network(candidate), validation, check_users, batch_size=params.evaluate.batch_size
+            ),
             show_progress=show_progress,
             on_epoch=lambda row: progress.report(task="train", epochs=params.train.epochs, **row),
         )
@@ -277,6 +291,7 @@ def evaluate(ws: Workspace, params: Params) -> dict:
     protocol, reported next to the baselines' figures from stage baselines."""
     from pipeline.evaluation.evaluate import ModelReport
     from pipeline.evaluation.evaluate import evaluate as evaluate_model
+    from pipeline.model.train import resolve_device
     from pipeline.storage.bundle import load_bundle
     from pipeline.storage.reports import write_reports
 
@@ -284,17 +299,20 @@ def evaluate(ws: Workspace, params: Params) -> dict:
     data = evaluation_data(ws, params, "test", user_cohorts(ws, settings.cohort_top_countries))
     bundle = load_bundle(ws.model)
     ncf = bundle.recommender(data.train)
-    reports = {"ncf": evaluate_model(ncf, data, settings.ks, settings.curve_max_k, batch_size=256)}
+    if not ncf.two_stage:  # two-stage retrieval's index and candidates live on the CPU
+        bundle.model.to(resolve_device(params.train.device))
+    batch = settings.batch_size
+    reports = {"ncf": evaluate_model(ncf, data, settings.ks, settings.curve_max_k, batch_size=batch)}
     if bundle.neighbourhood is not None:
         # The same network without its ItemKNN term: what the neural part alone contributes.
         alone = bundle.recommender(data.train, neighbourhood=False).share_item_cache(ncf)
         reports["ncf_without_neighbourhood"] = evaluate_model(
-            alone, data, settings.ks, settings.curve_max_k, batch_size=256
+            alone, data, settings.ks, settings.curve_max_k, batch_size=batch
         )
     if settings.two_stage:
         forced = bundle.recommender(data.train, two_stage=True).share_item_cache(ncf)
         reports["ncf_two_stage"] = evaluate_model(
-            forced, data, settings.ks, settings.curve_max_k, batch_size=256
+            forced, data, settings.ks, settings.curve_max_k, batch_size=batch
         )
     stored = io.read_json(ws.reports / BASELINES_REPORT)
     reports |= {name: ModelReport.from_dict(name, report) for name, report in stored.items()}

@@ -122,6 +122,7 @@ SMALL_PARAMS = {
         "mlp_layers": [16],
         "batch_size": 512,
         "lr": 0.01,
+        "embedding_lr": 0.01,
         "lr_decay": 1.0,  # the synthetic tests are calibrated for a constant rate
         "max_seconds": 0,
         "patience": 12,

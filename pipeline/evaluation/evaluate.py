@@ -16,6 +16,7 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -63,10 +64,11 @@ class EvaluationData:
     train: sp.csr_matrix
     exclude: sp.csr_matrix  # known books (and their other editions): never recommended at scoring time
     truth: sp.csr_matrix  # the held-out split being scored (test, or validation for tuning)
-    item_content: sp.csr_matrix
+    items: pd.DataFrame  # the catalog's books (title, author, publisher: the content of `item_content`)
     ranker: Ranker  # the one ranking path, with the catalog and the list rules that serving uses
     cohorts: pd.DataFrame = field(default_factory=pd.DataFrame)  # index user_idx; one column per slicing
     processes: int = 1  # readers are ranked in this many processes, one shard each (see `sharded`)
+    population: int = 0  # readers with held-out books before any sample was drawn
 
     @property
     def n_users(self) -> int:
@@ -75,6 +77,12 @@ class EvaluationData:
     @property
     def n_items(self) -> int:
         return self.train.shape[1]
+
+    @cached_property
+    def item_content(self) -> sp.csr_matrix:
+        """TF-IDF of the books' text, for intra-list diversity; built when first needed (training's
+        validation never needs it)."""
+        return content_vectors(self.items)
 
     def users_with_truth(self) -> np.ndarray:
         return np.flatnonzero(np.diff(self.truth.indptr) > 0)
@@ -86,7 +94,7 @@ class EvaluationData:
 
         A batch holds at most SCORES_PER_BATCH scores (readers x catalog), whatever `batch_size`
         says, so a catalog many times Book-Crossing's does not multiply the memory of a batch."""
-        batch_size = max(1, min(batch_size, SCORES_PER_BATCH // max(self.n_items, 1)))
+        batch_size = bounded_batch(batch_size, self.n_items)
 
         def lists_of(shard: np.ndarray) -> np.ndarray:
             return recommender.recommend(
@@ -109,6 +117,7 @@ class EvaluationData:
         processes: int = 1,
         max_readers: int = 0,
         readers_seed: int = 0,
+        max_scored_pairs: int = 0,
     ) -> EvaluationData:
         """`target` "test": train + validation are known; "validation": train is known. Known books,
         the user's `dislikes` and every other edition of either are excluded (and leave the truth).
@@ -118,7 +127,8 @@ class EvaluationData:
 
         `max_readers` > 0 keeps the truth of a seeded sample of that many readers (the same sample
         for every model on this data): evaluation costs readers x catalog, and on a catalog many
-        times Book-Crossing's a sample of its size measures as well as everyone."""
+        times Book-Crossing's a sample of its size measures as well as everyone. `max_scored_pairs`
+        > 0 caps readers x catalog the same way (`readers_cap`): the catalog's size decides."""
         n_items = len(items)
         known_splits = {"test": ["train", "validation"], "validation": ["train"]}.get(target)
         if known_splits is None:
@@ -136,16 +146,37 @@ class EvaluationData:
         truth = interaction_matrix(splits[target], n_users, n_items)
         truth = (truth - truth.multiply(exclude)).tocsr()
         truth.eliminate_zeros()
-        truth = sample_readers(truth, max_readers, readers_seed)
+        population = int((np.diff(truth.indptr) > 0).sum())
+        truth = sample_readers(truth, readers_cap(n_items, max_readers, max_scored_pairs), readers_seed)
         return cls(
             interaction_matrix(splits["train"], n_users, n_items),
             exclude,
             truth,
-            content_vectors(items),
+            items,
             Ranker(catalog, rules),
             cohorts if cohorts is not None else pd.DataFrame(),
             processes,
+            population,
         )
+
+    def sample_note(self) -> dict:
+        """How many readers are ranked, out of how many with held-out books (for the reports)."""
+        readers = len(self.users_with_truth())
+        return {
+            "readers": readers,
+            "readers_with_held_out_books": self.population,
+            "sampled": readers < self.population,
+        }
+
+
+def readers_cap(n_items: int, max_readers: int = 0, max_scored_pairs: int = 0) -> int:
+    """How many readers an evaluation ranks at most (0 = all): `max_readers`, and no more than
+    `max_scored_pairs` readers x books (at least one reader), so that the catalog's size sets the
+    sample where the full product is too large."""
+    caps = [max_readers] if max_readers else []
+    if max_scored_pairs:
+        caps.append(max(1, max_scored_pairs // max(n_items, 1)))
+    return min(caps) if caps else 0
 
 
 def sample_readers(truth: sp.csr_matrix, max_readers: int, seed: int) -> sp.csr_matrix:
@@ -162,6 +193,11 @@ def sample_readers(truth: sp.csr_matrix, max_readers: int, seed: int) -> sp.csr_
 
 SCORES_PER_BATCH = 1 << 27  # 512 MiB of float32 scores; Book-Crossing's 2,048 x 35,469 fits
 MIN_SHARD = 500  # fewer readers per process than this are ranked in the calling process
+
+
+def bounded_batch(batch_size: int, n_items: int) -> int:
+    """`batch_size` readers, or fewer so that a batch holds at most SCORES_PER_BATCH scores."""
+    return max(1, min(batch_size, SCORES_PER_BATCH // max(n_items, 1)))
 
 
 def sharded(
@@ -220,6 +256,7 @@ class ModelReport:
     cohorts: dict[str, dict[str, dict[str, float]]]  # slicing -> group -> metrics
     popularity_deciles: list[float]  # share of recommendations per item popularity decile (1 = least popular)
     seconds: dict[str, float]
+    readers: dict = field(default_factory=dict)  # EvaluationData.sample_note(): who was ranked
 
     def as_dict(self) -> dict:
         return {
@@ -227,6 +264,7 @@ class ModelReport:
             "cohorts": self.cohorts,
             "popularity_deciles": self.popularity_deciles,
             "seconds": self.seconds,
+            "readers": self.readers,
             "curve": self.curve.to_dict(orient="list"),
         }
 
@@ -239,6 +277,7 @@ class ModelReport:
             data["cohorts"],
             data["popularity_deciles"],
             data["seconds"],
+            data.get("readers", {}),
         )
 
 
@@ -297,6 +336,7 @@ def evaluate(
         cohorts=cohort_results,
         popularity_deciles=[float(x) for x in decile_share],
         seconds={"rank": round(rank_seconds, 3), "users": len(users)},
+        readers=data.sample_note(),
     )
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from pipeline.config import NeighbourhoodParams
 from pipeline.evaluation import metrics
 from pipeline.evaluation.baselines import ItemKNNRecommender
-from pipeline.evaluation.evaluate import EvaluationData, ndcg_of
+from pipeline.evaluation.evaluate import EvaluationData, bounded_batch, ndcg_of
 from pipeline.model.neighbourhood import Neighbourhood
 from pipeline.model.recommender import NCFRecommender, Recommender
 
@@ -30,8 +30,9 @@ def choose_neighbourhood(
     knn = ItemKNNRecommender("bm25", neighbours=settings.neighbours, k1=settings.k1, b=settings.b)
     similarity = knn.fit(validation.train).similarity
     tops: dict[float, list[np.ndarray]] = {w: [] for w in weights}
-    for start in range(0, len(users), BATCH):
-        batch = users[start : start + BATCH]
+    size = bounded_batch(BATCH, validation.n_items)
+    for start in range(0, len(users), size):
+        batch = users[start : start + size]
         model_scores = ncf.score_users(batch)
         history = validation.train[batch]
         excluded = validation.exclude[batch]
@@ -54,8 +55,9 @@ def author_cap_tradeoff(
     """For each cap (None = off): NDCG@k, intra-list diversity and mean books per author in a list,
     all on the same users' lists. Each batch is scored once and ranked under every cap."""
     tops: dict[int | None, list[np.ndarray]] = {cap: [] for cap in caps}
-    for start in range(0, len(users), BATCH):
-        batch = users[start : start + BATCH]
+    size = bounded_batch(BATCH, data.n_items)
+    for start in range(0, len(users), size):
+        batch = users[start : start + size]
         scores = np.asarray(recommender.score_users(batch), dtype=np.float32)
         excluded = data.exclude[batch]
         for cap in caps:

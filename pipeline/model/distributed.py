@@ -1,5 +1,5 @@
-"""Training with several processes under torchrun: the process group, ranks, and the few collective
-calls the loop needs besides the gradient averaging, which is DistributedDataParallel's (train.py).
+"""Training with several processes under torchrun: the process group, ranks, the gradient averaging
+and the few collective calls the loop needs.
 
     torchrun --standalone --nproc-per-node 2 --no-python bookrec train
 
@@ -49,8 +49,8 @@ def local_processes() -> int:
 
 
 def backend() -> str:
-    """gloo for CPU tensors; with CUDA, NCCL for CUDA tensors and gloo still for CPU ones (the model
-    trains on the CPU today, so a CUDA machine must not route its CPU gradients to NCCL)."""
+    """gloo for CPU tensors; with CUDA, NCCL for CUDA tensors and gloo still for CPU ones (the
+    broadcasts of rank 0's decisions are CPU tensors wherever the model trains)."""
     return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
 
 
@@ -96,3 +96,45 @@ def mean_over_ranks(value: float) -> float:
     tensor = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(tensor)
     return float(tensor) / world_size()
+
+
+def average_gradients(parameters) -> None:
+    """Replace every gradient by its mean over the ranks, after each rank's backward pass.
+
+    Dense gradients (the MLP) are all-reduced. The embedding tables' gradients are sparse (the rows a
+    shard touched): NCCL cannot all-reduce sparse tensors and gloo's sparse all-reduce has broken
+    before, so each rank's rows and values are all-gathered as dense tensors (every backend has
+    all_gather) and summed by coalescing. The cost follows the rows the batch touched, never the
+    table, and every rank ends with the same gradient."""
+    if not active():
+        return
+    world = world_size()
+    for parameter in parameters:
+        grad = parameter.grad
+        if grad is None:
+            continue
+        if grad.is_sparse:
+            parameter.grad = _gathered_sparse(grad.coalesce(), world)
+        else:
+            dist.all_reduce(grad)
+            grad /= world
+
+
+def _gathered_sparse(grad: torch.Tensor, world: int) -> torch.Tensor:
+    """The sum over ranks of a coalesced sparse row gradient, divided by the number of ranks."""
+    rows, values = grad.indices()[0], grad.values()
+    counts = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([len(rows)], device=rows.device))
+    longest = int(max(counts))
+    padded_rows = torch.zeros(longest, dtype=rows.dtype, device=rows.device)
+    padded_rows[: len(rows)] = rows
+    padded_values = values.new_zeros((longest, *values.shape[1:]))
+    padded_values[: len(rows)] = values
+    all_rows = [torch.empty_like(padded_rows) for _ in range(world)]
+    all_values = [torch.empty_like(padded_values) for _ in range(world)]
+    dist.all_gather(all_rows, padded_rows)
+    dist.all_gather(all_values, padded_values)
+    sizes = [int(count) for count in counts]
+    gathered_rows = torch.cat([part[:size] for part, size in zip(all_rows, sizes, strict=True)])
+    gathered_values = torch.cat([part[:size] for part, size in zip(all_values, sizes, strict=True)])
+    return torch.sparse_coo_tensor(gathered_rows.unsqueeze(0), gathered_values / world, grad.shape).coalesce()

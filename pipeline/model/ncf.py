@@ -96,7 +96,10 @@ class TrainingRows(NamedTuple):
         offsets = torch.cumsum(lengths, 0) - lengths
         # position of each gathered entry in `indices`: its row's start plus its rank within the row
         starts = torch.repeat_interleave(self.indptr[users] - offsets, lengths)
-        return self.indices[starts + torch.arange(int(lengths.sum()))], offsets
+        return self.indices[starts + torch.arange(int(lengths.sum()), device=starts.device)], offsets
+
+    def to(self, device: torch.device | str) -> TrainingRows:
+        return TrainingRows(*(part.to(device) for part in self))
 
 
 class ItemCache(NamedTuple):
@@ -116,7 +119,10 @@ class CandidateRows(NamedTuple):
 
 
 class Tower(nn.Module):
-    """Free id embedding + side-feature embeddings (+ weighted history) summed into one vector per row."""
+    """Free id embedding + side-feature embeddings (+ weighted history) summed into one vector per row.
+
+    Every table gives sparse gradients (`sparse=True`): a training step touches a few thousand rows of
+    tables that may hold millions, and only those rows' gradients exist (see `pipeline.model.train`)."""
 
     def __init__(
         self,
@@ -129,9 +135,11 @@ class Tower(nn.Module):
     ):
         super().__init__()
         # The last id row is the "unknown id" of cold-start readers.
-        self.ids = nn.Embedding(n_ids + 1, dim) if with_ids else None
-        self.features = nn.ModuleDict({name: nn.Embedding(size, dim) for name, size in features.items()})
-        self.history = nn.Embedding(history_items, dim) if history_items else None
+        self.ids = nn.Embedding(n_ids + 1, dim, sparse=True) if with_ids else None
+        self.features = nn.ModuleDict(
+            {name: nn.Embedding(size, dim, sparse=True) for name, size in features.items()}
+        )
+        self.history = nn.Embedding(history_items, dim, sparse=True) if history_items else None
         for module in [*self.features.values(), *(m for m in (self.ids, self.history) if m is not None)]:
             nn.init.normal_(module.weight, std=std)
         if self.ids is not None:
@@ -142,24 +150,16 @@ class Tower(nn.Module):
     def forward(
         self, ids: torch.Tensor, features: torch.Tensor | None, history: torch.Tensor | None = None
     ) -> torch.Tensor:
-        vector = self.ids(ids) if self.ids is not None else torch.zeros((*ids.shape, self.dim))
+        if self.ids is not None:
+            vector = self.ids(ids)
+        else:
+            vector = torch.zeros((*ids.shape, self.dim), device=ids.device)
         if features is not None:
             for column, embedding in enumerate(self.features.values()):
                 vector = vector + embedding(features[..., column])
         if history is not None:
             vector = vector + history
         return vector
-
-    def table(self, n: int, features: torch.Tensor | None) -> torch.Tensor:
-        """The vectors of ids 0..n-1: the id embedding's rows themselves (no lookup, so no scatter in
-        the backward pass) plus their side features, summed by one EmbeddingBag over the feature
-        tables side by side (one pass over the output instead of a gather and an add per feature)."""
-        vector = self.ids.weight[:n]
-        if features is None or not len(self.features):
-            return vector
-        tables = [embedding.weight for embedding in self.features.values()]
-        starts = torch.tensor([0, *(len(t) for t in tables[:-1])]).cumsum(0)
-        return vector + F.embedding_bag(features[:, : len(tables)] + starts, torch.cat(tables), mode="sum")
 
 
 class NCF(nn.Module):
@@ -177,12 +177,16 @@ class NCF(nn.Module):
         sizes = [2 * config.mlp_dim, *config.mlp_layers]
         self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
         self.output = nn.Linear(config.gmf_dim + sizes[-1], 1, bias=False)
-        self.item_bias = nn.Embedding(config.n_items + 1, 1)
+        self.item_bias = nn.Embedding(config.n_items + 1, 1, sparse=True)
         nn.init.zeros_(self.item_bias.weight)
         # GMF starts as a plain dot product; the MLP tower starts near silent and earns its weight.
         with torch.no_grad():
             self.output.weight[0, : config.gmf_dim] = 1.0
             nn.init.normal_(self.output.weight[:, config.gmf_dim :], std=0.01)
+
+    @property
+    def device(self) -> torch.device:
+        return self.output.weight.device
 
     # -- representations -------------------------------------------------------------------------
 
@@ -191,8 +195,8 @@ class NCF(nn.Module):
         one weighted EmbeddingBag per tower, |H| ** -alpha per reader."""
         if not self.config.use_history:
             return None
-        indptr = torch.from_numpy(np.asarray(rows.indptr, dtype=np.int64))
-        flat = torch.from_numpy(np.asarray(rows.indices, dtype=np.int64))
+        indptr = torch.from_numpy(np.asarray(rows.indptr, dtype=np.int64)).to(self.device)
+        flat = torch.from_numpy(np.asarray(rows.indices, dtype=np.int64)).to(self.device)
         lengths = indptr[1:] - indptr[:-1]
         weights = torch.repeat_interleave(
             lengths.clamp(min=1).float().pow(-self.config.history_alpha), lengths
@@ -212,23 +216,24 @@ class NCF(nn.Module):
         """History terms for training rows (user, positive), each with its own positive left out of the
         user's history, so that the model cannot learn to find an item in its own user's history.
 
-        Only the batch's distinct readers are summed (one EmbeddingBag over their rows of the training
-        matrix), not every reader: a batch of 8,192 positives holds a few thousand readers.
+        Only the batch's distinct readers are summed (one EmbeddingBag per tower over their rows of
+        the training matrix, then each positive alone as its own bag): the cost and the (sparse)
+        gradient follow the batch's histories, never the catalog.
         """
         if not self.config.use_history:
             return None
         distinct, inverse = torch.unique(users, return_inverse=True)
         flat, offsets = rows.of(distinct)
-        # one EmbeddingBag call per tower: the distinct readers' histories, then each positive alone
-        # (its own bag), so the backward pass sorts and scatters once
         flat = torch.cat([flat, positives])
-        offsets = torch.cat([offsets, len(flat) - len(positives) + torch.arange(len(positives))])
+        ones = torch.arange(len(positives), device=flat.device)  # each positive is a bag of its own
+        offsets = torch.cat([offsets, len(flat) - len(positives) + ones])
         scale = (rows.counts[users] - 1).clamp(min=1).float().pow(-self.config.history_alpha).unsqueeze(1)
-        # both towers' history tables side by side: one sort and one scatter in the backward pass
-        weights = torch.cat([self.user_gmf.history.weight, self.user_mlp.history.weight], dim=1)
-        bags = F.embedding_bag(flat, weights, offsets, mode="sum")
-        terms = (bags[inverse] - bags[len(distinct) :]) * scale
-        return HistoryTerms(*terms.split([self.config.gmf_dim, self.config.mlp_dim], dim=1))
+
+        def term(table: nn.Embedding) -> torch.Tensor:
+            bags = F.embedding_bag(flat, table.weight, offsets, mode="sum", sparse=True)
+            return (bags[inverse] - bags[len(distinct) :]) * scale
+
+        return HistoryTerms(term(self.user_gmf.history), term(self.user_mlp.history))
 
     def user_vectors(
         self, users: torch.Tensor, features: torch.Tensor | None, history: HistoryTerms | None
@@ -248,15 +253,6 @@ class NCF(nn.Module):
             self.item_gmf(items, features, None),
             self.item_mlp(items, features, None),
             self.item_bias(items).squeeze(-1),
-        )
-
-    def item_table(self, item_features: torch.Tensor) -> ItemVectors:
-        """Every item's vectors (with gradients): one pass over the item towers per training step is
-        cheaper than looking up each sampled item's id and side features separately."""
-        n = self.config.n_items
-        features = item_features[:n] if self.config.use_side_features else None
-        return ItemVectors(
-            self.item_gmf.table(n, features), self.item_mlp.table(n, features), self.item_bias.weight[:n, 0]
         )
 
     # -- scoring ----------------------------------------------------------------------------------
@@ -290,8 +286,8 @@ class NCF(nn.Module):
 
     @torch.no_grad()
     def item_cache(self, item_features: torch.Tensor) -> ItemCache:
-        items = torch.arange(self.config.n_items)
-        vectors = self.item_vectors(items, item_features)
+        items = torch.arange(self.config.n_items, device=self.device)
+        vectors = self.item_vectors(items, item_features.to(self.device))
         out_gmf = self.output.weight[0, : self.config.gmf_dim]
         first = self.mlp[0]
         mlp_first = vectors.mlp @ first.weight[:, self.config.mlp_dim :].T + first.bias

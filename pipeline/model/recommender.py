@@ -208,8 +208,9 @@ class NCFRecommender(Recommender):
         return self
 
     def _user_vectors(self, user_rows: np.ndarray, features: torch.Tensor, history_rows: sp.csr_matrix):
-        users = torch.as_tensor(np.asarray(user_rows), dtype=torch.long)
-        return self.model.user_vectors(users, features, self.model.history_terms(history_rows))
+        device = self.model.device
+        users = torch.as_tensor(np.asarray(user_rows), dtype=torch.long, device=device)
+        return self.model.user_vectors(users, features.to(device), self.model.history_terms(history_rows))
 
     def score_rows(
         self, user_rows: np.ndarray, features: torch.Tensor, history_rows: sp.csr_matrix
@@ -218,7 +219,7 @@ class NCFRecommender(Recommender):
         side-feature ids and their histories (binary CSR rows): every full-ranking NCF score comes from here."""
         with torch.inference_mode():
             vectors = self._user_vectors(user_rows, features, history_rows)
-            scores = self.model.score_all_items(vectors, self.item_cache()).numpy()
+            scores = self.model.score_all_items(vectors, self.item_cache()).cpu().numpy()
         return self.neighbourhood.blend(scores, history_rows) if self.neighbourhood is not None else scores
 
     def scored_rows(
@@ -252,7 +253,8 @@ class NCFRecommender(Recommender):
         """The GMF item vectors (id and side features) next to the MLP tower's, each normalised."""
         with torch.inference_mode():
             n = self.model.config.n_items
-            vectors = self.model.item_vectors(torch.arange(n), self.item_features[:n])
+            items = torch.arange(n, device=self.model.device)
+            vectors = self.model.item_vectors(items, self.item_features[:n].to(self.model.device))
             gmf = torch.nn.functional.normalize(vectors.gmf, dim=1)
             mlp = torch.nn.functional.normalize(vectors.mlp, dim=1)
-            return torch.cat([gmf, mlp], dim=1).numpy()
+            return torch.cat([gmf, mlp], dim=1).cpu().numpy()

@@ -1,4 +1,8 @@
-"""Vectorised negative sampling for BPR: n negatives per positive, none of them a positive of the user."""
+"""Vectorised negative sampling for BPR: n negatives per positive, none of them a positive of the user.
+
+A draw costs O(log catalog), never O(catalog): popularity-weighted draws search a cumulative
+distribution built once, and the rare reader whose draws keep colliding gets an exact uniform draw
+among their non-positives from their own row (O(row) per draw)."""
 
 from __future__ import annotations
 
@@ -41,17 +45,18 @@ class NegativeSampler:
         )
         self.distribution = distribution
         popularity = np.bincount(positives.indices, minlength=self.n_items).astype(np.float64)
-        self._weights = (
-            torch.from_numpy((popularity + 1.0) ** power) if distribution == "popularity" else None
+        cumulative = np.cumsum((popularity + 1.0) ** power)
+        self._cumulative = (
+            torch.from_numpy(cumulative / cumulative[-1]) if distribution == "popularity" else None
         )
         self.max_rounds = max_rounds
         self.stats = SampleStats()
 
     def _draw(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        if self._weights is None:
+        if self._cumulative is None:
             return torch.randint(0, self.n_items, shape, generator=generator)
-        flat = torch.multinomial(self._weights, int(np.prod(shape)), replacement=True, generator=generator)
-        return flat.view(shape)
+        uniform = torch.rand(shape, generator=generator, dtype=torch.float64)
+        return torch.searchsorted(self._cumulative, uniform, right=True).clamp_(max=self.n_items - 1)
 
     def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         keys = users * self.n_items + items
@@ -78,19 +83,19 @@ class NegativeSampler:
         return negatives
 
     def _draw_outside(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Exact fallback for the rare draws that kept colliding: sample among each user's non-positives."""
-        result = torch.empty_like(users)
+        """Exact fallback for the rare draws that kept colliding: a uniform draw among each user's
+        non-positives, the j-th of them found from the user's sorted positives (no catalog-sized mask)."""
+        result = torch.zeros_like(users)
         keys = self._positive_keys
         for row, user in enumerate(users.tolist()):
             start = int(torch.searchsorted(keys, torch.tensor(user * self.n_items)))
             stop = int(torch.searchsorted(keys, torch.tensor((user + 1) * self.n_items)))
-            read = keys[start:stop] - user * self.n_items
-            allowed = torch.ones(self.n_items, dtype=torch.bool)
-            allowed[read] = False
-            candidates = torch.nonzero(allowed).flatten()
-            if len(candidates) == 0:  # the user read everything: nothing can be a negative
-                result[row] = 0
+            read = keys[start:stop] - user * self.n_items  # sorted
+            free = self.n_items - len(read)
+            if free <= 0:  # the user read everything: nothing can be a negative
                 continue
-            weights = self._weights[candidates] if self._weights is not None else torch.ones(len(candidates))
-            result[row] = candidates[torch.multinomial(weights.double(), 1, generator=generator)]
+            j = int(torch.randint(0, free, (1,), generator=generator))
+            # the j-th non-positive is j plus the number of positives at or before it
+            below = read - torch.arange(len(read))  # non-positives before each positive
+            result[row] = j + int(torch.searchsorted(below, torch.tensor(j), right=True))
         return result

@@ -1,41 +1,57 @@
-"""The training loop: BPR with sampled negatives, Adam, early stopping on validation NDCG@10.
+"""The training loop: BPR with sampled negatives, early stopping on validation NDCG@10.
 
 No MLflow here (tracking is its own edge); the loop returns a `History` and leaves the best weights
 in the model.
 
+A step costs what its batch touches, never the catalog: the item towers are evaluated for the
+batch's distinct books only (positives and sampled negatives), the history terms for its readers'
+histories only, L2 falls on those rows, and every embedding table takes a sparse gradient that the
+tables' optimizer (`pipeline.model.optim`) applies to those rows alone; Adam updates the small dense
+part. So a catalog a hundred times larger costs a step no more than the few more distinct books its
+negatives spread over.
+
 Under torchrun with several processes (`distributed.active()`), the same loop is data-parallel:
 every rank shuffles the positives with the same seeded permutation and takes its shard of each
-global batch of `batch_size` positives, DistributedDataParallel averages the gradients, rank 0
-validates and its figure is broadcast, so every rank takes the same early-stopping decision and
-ends with the same weights. Without a process group nothing of this runs.
+global batch of `batch_size` positives, the gradients are averaged over the ranks
+(`distributed.average_gradients`), rank 0 validates and its figure is broadcast, so every rank takes
+the same early-stopping decision and ends with the same weights. Without a process group nothing of
+this runs.
+
+`train.device` puts the model and the step on CUDA where there is one (auto) or where asked; the
+shuffling and negative sampling stay on the CPU's seeded generator, so a seed draws the same batches
+on either device.
 """
 
 from __future__ import annotations
 
-import copy
 import ctypes
+import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import TrainParams
 from pipeline.data.features import FeatureVocabulary
 from pipeline.model import distributed
 from pipeline.model.losses import bpr_loss, item_l2
-from pipeline.model.ncf import NCF, NCFConfig, TrainingRows, UserVectors
+from pipeline.model.ncf import NCF, ItemVectors, NCFConfig, TrainingRows, UserVectors
+from pipeline.model.optim import optimizers
 from pipeline.model.sampling import NegativeSampler
 
 
 class TrainingTimeout(RuntimeError):
     """Training passed its wall-clock guard (`train.max_seconds`)."""
+
+
+class TrainingFailed(RuntimeError):
+    """Training cannot produce a model worth keeping: a non-finite loss, or no validation figure."""
 
 
 @dataclass
@@ -53,6 +69,12 @@ class TrainingData:
     @property
     def n_items(self) -> int:
         return self.train.shape[1]
+
+    def to(self, device: torch.device) -> TrainingData:
+        """The feature tables on `device` (the training matrix stays a scipy matrix)."""
+        return replace(
+            self, user_features=self.user_features.to(device), item_features=self.item_features.to(device)
+        )
 
 
 @dataclass
@@ -103,6 +125,15 @@ def set_threads(threads: int) -> int:
     return count
 
 
+def resolve_device(setting: str) -> torch.device:
+    """`train.device`: auto = CUDA where a GPU is visible, else the CPU; cuda without one is an error."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise TrainingFailed("train.device is cuda but torch sees no CUDA device; use auto or cpu")
+    return torch.device(setting)
+
+
 def build_model(data: TrainingData, params: TrainParams) -> NCF:
     """A freshly initialised NCF; the same seed gives the same initial weights."""
     torch.manual_seed(params.seed)
@@ -124,23 +155,10 @@ def build_model(data: TrainingData, params: TrainParams) -> NCF:
     return NCF(config)
 
 
-def _optimizer(model: NCF, params: TrainParams) -> torch.optim.Optimizer:
-    """Adam; L2 on embeddings is applied in the loss to the rows a batch uses, weight decay only on the MLP."""
-    embeddings = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
-    dense = [p for name, p in model.named_parameters() if name.startswith("mlp.")]
-    return torch.optim.Adam(
-        [
-            {"params": embeddings, "weight_decay": 0.0},
-            {"params": dense, "weight_decay": params.mlp_weight_decay},
-        ],
-        lr=params.lr,
-        fused=True,  # one pass over each table per step instead of several (CPU kernel since torch 2.4)
-    )
-
-
 @dataclass
 class _Epoch:
-    """What one epoch needs besides the model: the training pairs and their history rows."""
+    """What one epoch needs besides the model: the training pairs (on the CPU, where they are shuffled
+    and their negatives drawn) and the readers' history rows (on the training device)."""
 
     users: torch.Tensor  # (N,) the user of each training positive
     items: torch.Tensor  # (N,) the positive
@@ -148,25 +166,28 @@ class _Epoch:
     sampler: NegativeSampler
 
     @classmethod
-    def of(cls, data: TrainingData, params: TrainParams) -> _Epoch:
+    def of(cls, data: TrainingData, params: TrainParams, device: torch.device) -> _Epoch:
         train = data.train.tocoo()
         return cls(
             torch.from_numpy(train.row.astype(np.int64)),
             torch.from_numpy(train.col.astype(np.int64)),
-            TrainingRows.of_matrix(data.train),
+            TrainingRows.of_matrix(data.train).to(device),
             NegativeSampler(data.train, params.negative_sampling, params.popularity_power),
         )
 
 
-def _hardest(model: NCF, user, table, negative: torch.Tensor, keep: int, chunk: int = 1024) -> torch.Tensor:
+def _hardest(
+    model: NCF, user: UserVectors, table: ItemVectors, negative: torch.Tensor, keep: int, chunk: int = 1024
+) -> torch.Tensor:
     """Dynamic negative sampling (Zhang et al., 2013): the `keep` highest-scored of the sampled
-    negatives, which carry the gradient that uniform negatives mostly lack. Chosen by the model's
-    scores without dropout and without gradients (only the kept ones are scored again with them), a
-    chunk of rows at a time so the gathered vectors stay in cache."""
+    negatives (rows of `table`), which carry the gradient that uniform negatives mostly lack. Chosen
+    by the model's scores without dropout and without gradients (only the kept ones are scored again
+    with them), a chunk of rows at a time so the gathered vectors stay in cache."""
     model.eval()
     try:
         with torch.no_grad():
             user = UserVectors(*(v.detach() for v in user))
+            table = ItemVectors(*(v.detach() for v in table))
             scores = torch.cat(
                 [
                     model.score(
@@ -182,72 +203,64 @@ def _hardest(model: NCF, user, table, negative: torch.Tensor, keep: int, chunk: 
 
 
 def _batch_loss(model: NCF, data: TrainingData, epoch: _Epoch, batch: torch.Tensor, params, generator):
-    """BPR loss of one batch of positives against sampled (or the hardest sampled) negatives."""
-    u, positive = epoch.users[batch], epoch.items[batch]
-    negative = epoch.sampler.sample(u, params.negatives, generator)  # (B, n)
+    """BPR loss of one batch of positives against sampled (or the hardest sampled) negatives.
+
+    The item towers run on the batch's distinct books only: `rows` maps each (positive, negatives)
+    slot to its book's row of that small table."""
+    device = model.device
+    negative = epoch.sampler.sample(epoch.users[batch], params.negatives, generator)  # (B, n)
+    u, positive = epoch.users[batch].to(device), epoch.items[batch].to(device)
+    books, rows = torch.unique(
+        torch.cat([positive.unsqueeze(1), negative.to(device)], 1), return_inverse=True
+    )
+    table = model.item_vectors(books, data.item_features[books])  # (distinct books, d)
     terms = model.training_history_terms(epoch.rows, u, positive)
     user = model.user_vectors(u, data.user_features[u], terms)
-    table = model.item_table(data.item_features)
-    ranked = (
-        _hardest(model, user, table, negative, params.hard_negatives) if params.hard_negatives else negative
-    )
-    scores = model.score(user, table.take(torch.cat([positive.unsqueeze(1), ranked], dim=1)))
+    positive_rows, negative_rows = rows[:, 0], rows[:, 1:]
+    hard = params.hard_negatives
+    ranked = _hardest(model, user, table, negative_rows, hard) if hard else negative_rows
+    scores = model.score(user, table.take(torch.cat([positive_rows.unsqueeze(1), ranked], dim=1)))
     loss = bpr_loss(scores[:, 0], scores[:, 1:])
     if params.l2 > 0:
-        loss = loss + params.l2 * item_l2(table, positive, negative)
+        loss = loss + params.l2 * item_l2(table, positive_rows, negative_rows)
     return loss
 
 
-class _BatchLoss(nn.Module):
-    """The loss of a batch of positives as a module's forward, for DistributedDataParallel: the step
-    builds the item table, history terms and scores outside `NCF.forward`, and DDP averages the
-    gradients of the parameters used in the forward of the module it wraps. Every parameter is used
-    in every step (the item towers by the whole-catalog table, the user towers by the batch's readers,
-    every MLP layer), so DDP needs no `find_unused_parameters`."""
-
-    def __init__(self, model: NCF, data: TrainingData, epoch: _Epoch, params: TrainParams, generator):
-        super().__init__()
-        self.model = model
-        self.data, self.epoch, self.params, self.generator = data, epoch, params, generator
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return _batch_loss(self.model, self.data, self.epoch, batch, self.params, self.generator)
-
-
 class _DataParallel:
-    """One rank's share of each step: its shard of the global batch, through DDP.
+    """One rank's share of each step: its shard of the global batch.
 
     A shard's loss is a mean over its own positives; scaled by shard size x world size / global batch
-    size, DDP's average of the ranks' gradients is the gradient of the global batch's mean loss (BPR
-    and L2 alike), whatever the shard sizes."""
+    size, the mean over the ranks of their gradients (`distributed.average_gradients`) is the
+    gradient of the global batch's mean loss (BPR and L2 alike), whatever the shard sizes."""
 
-    def __init__(self, model: NCF, data: TrainingData, epoch: _Epoch, params: TrainParams):
-        from torch.nn.parallel import DistributedDataParallel
-
+    def __init__(self, params: TrainParams):
         # Shuffling uses the run's generator (the same permutation on every rank); negatives and
         # dropout use this rank's own streams.
         seed = distributed.rank_seed(params.seed)
         torch.manual_seed(seed)
-        sampling = torch.Generator().manual_seed(seed)
+        self.sampling = torch.Generator().manual_seed(seed)
         self.world = distributed.world_size()
-        self.step = DistributedDataParallel(_BatchLoss(model, data, epoch, params, sampling))
 
-    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, model: NCF, data: TrainingData, epoch: _Epoch, batch: torch.Tensor, params
+    ) -> torch.Tensor:
         shard = distributed.shard(batch)
-        return self.step(shard) * (len(shard) * self.world / len(batch))
+        loss = _batch_loss(model, data, epoch, shard, params, self.sampling)
+        return loss * (len(shard) * self.world / len(batch))
 
 
 def _train_epoch(
     model,
     data,
     epoch: _Epoch,
-    optimizer,
+    steppers: list[torch.optim.Optimizer],
     params: TrainParams,
     generator,
     parallel: _DataParallel | None = None,
+    number: int = 1,
 ) -> float:
     """One pass over the shuffled training positives; returns the mean batch loss (over every rank's
-    positives when data-parallel)."""
+    positives when data-parallel). A non-finite loss stops training with an error."""
     model.train()
     order = torch.randperm(len(epoch.users), generator=generator)
     total_loss, batches = 0.0, 0
@@ -258,14 +271,39 @@ def _train_epoch(
         elif len(batch) < parallel.world:
             break  # a last batch of fewer positives than ranks (at most world - 1 of an epoch's)
         else:
-            loss = parallel.loss(batch)
-        optimizer.zero_grad(set_to_none=True)
+            loss = parallel.loss(model, data, epoch, batch, params)
+        for optimizer in steppers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        total_loss += float(loss.detach())
+        if parallel is not None:
+            distributed.average_gradients(model.parameters())
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingFailed(
+                f"the training loss is {value} at epoch {number}, step {batches + 1}: training diverged "
+                "(lower train.lr or train.embedding_lr, or raise train.l2)"
+            )
+        for optimizer in steppers:
+            optimizer.step()
+        total_loss += value
         batches += 1
     mean = total_loss / max(batches, 1)
     return mean if parallel is None else distributed.mean_over_ranks(mean)
+
+
+class _BestWeights:
+    """A copy of the weights of the best epoch so far (on the training device)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def keep(self, model: NCF) -> None:
+        self.state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+    def restore(self, model: NCF) -> None:
+        if self.state is not None:
+            model.load_state_dict(self.state)
+            self.state = None
 
 
 def fit(
@@ -276,30 +314,39 @@ def fit(
     show_progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> History:
-    """Train `model` in place; the weights of the best validation epoch are restored at the end.
-    `on_epoch` sees each epoch's row (epoch, loss, validation NDCG@10, seconds) as it ends.
+    """Train `model` in place on `train.device` (where it stays); the weights of the best validation
+    epoch are restored at the end (without `validate`, the last epoch's are kept). `on_epoch` sees
+    each epoch's row (epoch, loss, validation NDCG@10, seconds) as it ends.
+
+    A non-finite loss or a validation that gives no figure (no validation reader with held-out
+    books) fails with `TrainingFailed`: never a model that silently kept its initial weights.
 
     Data-parallel under a process group (see the module's docstring): only rank 0 calls `validate`,
     `on_epoch` and shows progress; every rank returns the same history and weights."""
     generator = seed_everything(params.seed)
     set_threads(params.threads)
     keep_freed_memory()
-    epoch_data = _Epoch.of(data, params)
-    parallel = _DataParallel(model, data, epoch_data, params) if distributed.active() else None
+    device = resolve_device(params.device)
+    model.to(device)
+    data = data.to(device)
+    epoch_data = _Epoch.of(data, params, device)
+    parallel = _DataParallel(params) if distributed.active() else None
     main = distributed.is_main()
-    optimizer = _optimizer(model, params)
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=params.lr_decay)
-    history = History()
-    best_state = copy.deepcopy(model.state_dict())
+    steppers = optimizers(
+        model, params.lr, params.embedding_lr, params.embedding_optimizer, params.mlp_weight_decay
+    )
+    schedules = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=params.lr_decay) for o in steppers]
+    history, best = History(), _BestWeights()
     started = time.perf_counter()
     bad_epochs = 0
     progress = tqdm(
         range(1, params.epochs + 1), desc="train", unit="epoch", disable=not (show_progress and main)
     )
     for epoch in progress:
-        rate = optimizer.param_groups[0]["lr"]
-        loss = _train_epoch(model, data, epoch_data, optimizer, params, generator, parallel)
-        schedule.step()
+        rate = steppers[-1].param_groups[0]["lr"]
+        loss = _train_epoch(model, data, epoch_data, steppers, params, generator, parallel, epoch)
+        for schedule in schedules:
+            schedule.step()
         row = {"epoch": epoch, "loss": loss, "lr": rate}
         elapsed = time.perf_counter() - started
         validating = validate is not None and (epoch % params.eval_every == 0 or epoch == params.epochs)
@@ -310,17 +357,22 @@ def fit(
         if parallel is not None:  # rank 0's figure and clock decide for every rank
             figure, elapsed = distributed.from_main([figure, elapsed])
         if validating:
+            if not math.isfinite(figure):
+                raise TrainingFailed(
+                    f"validation gave NDCG@10 = {figure} after epoch {epoch}: no validation reader has "
+                    "held-out books to rank (check the split's validation_fraction and the data)"
+                )
             row["val_ndcg_at_10"] = figure
-            if row["val_ndcg_at_10"] > history.best_validation_ndcg:
-                history.best_validation_ndcg = row["val_ndcg_at_10"]
+            if figure > history.best_validation_ndcg:
+                history.best_validation_ndcg = figure
                 history.best_epoch = epoch
                 history.seconds_to_best = time.perf_counter() - started
-                best_state = copy.deepcopy(model.state_dict())
+                best.keep(model)
                 bad_epochs = 0
             else:
                 bad_epochs += 1
         elif validate is None:
-            history.best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+            history.best_epoch = epoch
             history.seconds_to_best = time.perf_counter() - started
         row["seconds"] = time.perf_counter() - started
         history.epochs.append(row)
@@ -340,7 +392,7 @@ def fit(
             )
     else:
         history.stopped_because = f"all {params.epochs} epochs done"
-    model.load_state_dict(best_state)
+    best.restore(model)
     model.eval()
     history.seconds_total = time.perf_counter() - started
     history.sampler_collision_rate = epoch_data.sampler.stats.collision_rate

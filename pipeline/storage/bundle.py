@@ -52,7 +52,7 @@ def save_bundle(
 ) -> None:
     """Write every file into `folder` (the caller makes the folder swap atomic)."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS))
     if neighbourhood is not None:
         save_neighbourhood(folder / NEIGHBOURHOOD, neighbourhood)

@@ -170,7 +170,8 @@ def test_the_author_cap_tradeoff_reports_each_cap_on_the_same_lists():
     )  # each reader's relevant book is by another author
     empty = sp.csr_matrix((3, 10), dtype=np.float32)
     content = sp.identity(10, format="csr", dtype=np.float32)
-    data = EvaluationData(empty, empty, truth, content, Ranker(hand_catalog(), ListRules(one_per_work=False)))
+    data = EvaluationData(empty, empty, truth, None, Ranker(hand_catalog(), ListRules(one_per_work=False)))
+    data.item_content = content  # every book unlike every other (no catalog text to build it from)
     rows = author_cap_tradeoff(Fixed(scores), data, np.arange(3), caps=(None, 2, 1), k=5)
     assert [r["max_per_author"] for r in rows] == [None, 2, 1]
     assert [r["books_per_author"] for r in rows] == [5.0, pytest.approx(5 / 4), 1.0]

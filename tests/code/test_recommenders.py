@@ -235,6 +235,26 @@ def test_evaluation_on_a_reader_sample_keeps_the_sampled_readers_truth_whole():
     other = EvaluationData.build(splits, items, 12, max_readers=5, readers_seed=4).users_with_truth()
     assert other.tolist() != readers.tolist()
     assert len(EvaluationData.build(splits, items, 12, max_readers=50).users_with_truth()) == 12
+    # the catalog's size sets the sample: at most 20 readers x books over 4 books is 5 readers
+    by_size = EvaluationData.build(splits, items, 12, max_scored_pairs=20, readers_seed=3)
+    assert by_size.users_with_truth().tolist() == readers.tolist()
+    assert by_size.sample_note() == {"readers": 5, "readers_with_held_out_books": 12, "sampled": True}
+    assert everyone.sample_note()["sampled"] is False
+    assert EvaluationData.build(splits, items, 12, max_readers=3, max_scored_pairs=20).population == 12
+    assert (
+        len(EvaluationData.build(splits, items, 12, max_readers=3, max_scored_pairs=20).users_with_truth())
+        == 3
+    )
+
+
+def test_the_reader_cap_follows_the_catalog_size():
+    from pipeline.evaluation.evaluate import readers_cap
+
+    assert readers_cap(35_469) == 0  # no cap: every reader
+    assert readers_cap(35_469, max_scored_pairs=2_000_000_000) == 56_387  # above Book-Crossing's readers
+    assert readers_cap(426_000, max_scored_pairs=2_000_000_000) == 4_694
+    assert readers_cap(426_000, max_readers=1_000, max_scored_pairs=2_000_000_000) == 1_000
+    assert readers_cap(10**12, max_scored_pairs=10) == 1  # never no reader at all
 
 
 def test_an_evaluation_batch_holds_a_bounded_number_of_scores(monkeypatch):

@@ -58,7 +58,9 @@ def planted_split(seed: int = 0) -> tuple[TrainingData, sp.csr_matrix]:
 
 def params():
     # dropout and a hard negative on, so per-rank dropout and negative streams run inside DDP's forward
-    return small_params(epochs=25, patience=4, dropout=0.1, hard_negatives=1, batch_size=128, lr=0.003)
+    return small_params(
+        epochs=25, patience=4, dropout=0.1, hard_negatives=1, batch_size=128, lr=0.003, embedding_lr=0.003
+    )
 
 
 def run() -> tuple[torch.nn.Module, dict]:

@@ -53,6 +53,7 @@ def small_params(**overrides):
             "mlp_layers": (16,),
             "dropout": 0.0,
             "lr": 0.02,
+            "embedding_lr": 0.02,
             "lr_decay": 1.0,  # the planted tastes are calibrated for a constant rate
             "batch_size": 256,
             "epochs": 30,
@@ -177,16 +178,6 @@ def test_batch_history_terms_leave_the_positive_out_of_its_readers_full_history(
         torch.testing.assert_close(terms.mlp[row], expected.mlp[0])
 
 
-def test_item_table_equals_looking_every_item_up():
-    data = planted()
-    model = build_model(data, small_params())
-    table = model.item_table(data.item_features)
-    items = torch.arange(data.n_items)
-    looked_up = model.item_vectors(items, data.item_features[items])
-    for fast, slow in zip(table, looked_up, strict=True):
-        torch.testing.assert_close(fast, slow)
-
-
 def test_hard_negatives_are_the_highest_scored_by_the_model_without_dropout():
     data = planted()
     model = build_model(data, small_params(dropout=0.5))
@@ -195,7 +186,8 @@ def test_hard_negatives_are_the_highest_scored_by_the_model_without_dropout():
     negatives = torch.randint(0, data.n_items, (len(users), 6), generator=torch.Generator().manual_seed(3))
     terms = model.history_terms(data.train[users.numpy()])
     user = model.user_vectors(users, data.user_features[users], terms)
-    table = model.item_table(data.item_features)
+    items = torch.arange(data.n_items)
+    table = model.item_vectors(items, data.item_features[items])
     chosen = _hardest(model, user, table, negatives, keep=2, chunk=5)
     assert model.training  # left in training mode
     model.eval()
@@ -218,6 +210,22 @@ def test_sampler_never_returns_a_positive_and_reports_collisions():
     assert sampler.stats.left_colliding == 0
     popular = NegativeSampler(sp.csr_matrix(dense), distribution="popularity")
     assert bool((popular.sample(users, 4, generator) >= 20).all())
+
+
+def test_popularity_draws_follow_the_distribution_and_the_fallback_finds_the_last_free_book():
+    counts = np.array([0, 3, 8, 0, 24, 99])
+    rows = np.repeat(np.arange(len(counts)), counts)  # item j read by counts[j] of 99 readers
+    readers = np.concatenate([np.arange(c) for c in counts])
+    read = sp.csr_matrix((np.ones(len(rows), np.float32), (readers, rows)), shape=(99, 6))
+    sampler = NegativeSampler(read, distribution="popularity", power=1.0)
+    draws = sampler._draw((200_000,), torch.Generator().manual_seed(1))
+    expected = (counts + 1) / (counts + 1).sum()
+    np.testing.assert_allclose(np.bincount(draws.numpy(), minlength=6) / 200_000, expected, atol=0.005)
+    # reader 0 read items 1, 2, 4 and 5; a few of its draws keep colliding, the fallback is exact
+    nearly_all = sp.csr_matrix(np.array([[1, 1, 1, 0, 1, 1, 1, 1, 1, 1]], dtype=np.float32))
+    fallback = NegativeSampler(nearly_all, max_rounds=0)
+    negatives = fallback.sample(torch.zeros(50, dtype=torch.long), 3, torch.Generator().manual_seed(0))
+    assert bool((negatives == 3).all()) and fallback.stats.left_colliding == 0
 
 
 def test_two_one_epoch_runs_with_one_seed_give_identical_weights():

@@ -118,7 +118,14 @@ def _retrain_as(project: Path, seed: int, epochs: int, lr: float | None = None, 
 
     ws, params = Workspace.load(project)
     train = params.train.model_copy(
-        update={"seed": seed, "epochs": epochs, "patience": epochs, "lr": lr or params.train.lr, **overrides}
+        update={
+            "seed": seed,
+            "epochs": epochs,
+            "patience": epochs,
+            "lr": lr or params.train.lr,
+            "embedding_lr": lr or params.train.embedding_lr,
+            **overrides,
+        }
     )
     params = params.model_copy(update={"train": train})
     stages.train(ws, params, show_progress=False)

@@ -1,0 +1,145 @@
+"""Time of one training step as the catalog grows, the batch staying the same.
+
+    python benchmarks/train_step.py [--root PATH] [--scales 1,10,100] [--steps 12] [--warmup 3]
+                                    [--threads 0] [--optimizer sparse_adam|rowwise_adagrad]
+
+Needs the trained model and the data of `dvc repro` (models/ncf, data/processed, data/features).
+At scale s the catalog holds s times Book-Crossing's books: the trained item tables (book-id
+embeddings of both towers, item biases, the history tables) tiled s times with Gaussian noise
+(a tenth of each table's spread) and the books' side features tiled with them; the readers, their
+histories and the batches of positives are the real ones, and negatives are drawn from the whole
+tiled catalog (the copies, never read, have the smallest popularity weight, so a larger catalog
+spreads a batch's negatives over more distinct books). Every scale runs the same seeded batches
+through `train._batch_loss`, backward and both optimizers' steps (`train.embedding_optimizer` unless
+--optimizer), one scale after the other in one process; prints the median step time per scale, its
+ratio to 1x, the distinct books per batch and the peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._training import training_inputs  # noqa: E402
+from pipeline.config import Workspace  # noqa: E402
+from pipeline.model.ncf import NCF  # noqa: E402
+from pipeline.model.optim import optimizers  # noqa: E402
+from pipeline.model.train import TrainingData, _batch_loss, _Epoch, set_threads  # noqa: E402
+from pipeline.storage.bundle import load_bundle  # noqa: E402
+
+ITEM_ROWS = ("item_gmf.ids.weight", "item_mlp.ids.weight", "item_bias.weight")
+HISTORY_ROWS = ("user_gmf.history.weight", "user_mlp.history.weight")
+
+
+def tiled(table: torch.Tensor, copies: int, rows: int, generator: torch.Generator) -> torch.Tensor:
+    """`rows` first rows of `table` repeated `copies` times, every copy after the first with noise."""
+    head = table[:rows]
+    out = head.repeat(copies, 1)
+    spread = 0.1 * float(head.std())
+    for copy in range(1, copies):  # one copy at a time: no catalog-sized noise tensor
+        out[copy * rows : (copy + 1) * rows] += torch.randn(head.shape, generator=generator) * spread
+    return out
+
+
+def scaled_model(model: NCF, copies: int, generator: torch.Generator) -> NCF:
+    """The trained model with a catalog `copies` times as large (item and history tables tiled)."""
+    n = model.config.n_items
+    with torch.device("meta"):  # no initial weights: the tiled tables are assigned below
+        big = NCF(replace(model.config, n_items=n * copies))
+    state = dict(model.state_dict())
+    for name in ITEM_ROWS:  # the extra last row (unknown item) is not used in training
+        state[name] = torch.cat([tiled(state[name], copies, n, generator), state[name][n:]])
+    for name in HISTORY_ROWS:
+        state[name] = tiled(state[name], copies, n, generator)
+    big.load_state_dict(state, assign=True)
+    return big
+
+
+def scaled_data(data: TrainingData, copies: int) -> TrainingData:
+    n = data.n_items
+    features = data.item_features
+    item_features = torch.cat([features[:n].repeat(copies, 1), features[n:]])
+    train = sp.csr_matrix(
+        (data.train.data, data.train.indices, data.train.indptr), shape=(data.n_users, n * copies)
+    )
+    return TrainingData(
+        train, data.user_features, item_features, data.user_feature_sizes, data.item_feature_sizes
+    )
+
+
+def time_steps(model, data, params, steps: int, warmup: int) -> tuple[list[float], list[int]]:
+    epoch = _Epoch.of(data, params, torch.device("cpu"))
+    steppers = optimizers(
+        model, params.lr, params.embedding_lr, params.embedding_optimizer, params.mlp_weight_decay
+    )
+    order = torch.randperm(len(epoch.users), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    model.train()
+    times, distinct = [], []
+    for step in range(warmup + steps):
+        batch = order[step * params.batch_size : (step + 1) * params.batch_size]
+        started = time.perf_counter()
+        loss = _batch_loss(model, data, epoch, batch, params, generator)
+        for optimizer in steppers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in steppers:
+            optimizer.step()
+        elapsed = time.perf_counter() - started
+        if step >= warmup:
+            times.append(elapsed)
+            distinct.append(int(model.item_gmf.ids.weight.grad.coalesce().indices().shape[1]))
+    return times, distinct
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", type=Path, default=ROOT, help="workspace with `dvc repro` done")
+    parser.add_argument("--scales", default="1,10,100", help="catalog sizes, in Book-Crossing catalogs")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="override train.threads")
+    parser.add_argument("--optimizer", default=None, help="override train.embedding_optimizer")
+    args = parser.parse_args()
+    ws, params = Workspace.load(args.root)
+    overrides = {"threads": args.threads, "embedding_optimizer": args.optimizer}
+    train_params = params.train.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    set_threads(train_params.threads)
+    data = training_inputs(ws)
+    trained = load_bundle(ws.model).model
+    generator = torch.Generator().manual_seed(0)
+    print(
+        f"batch {train_params.batch_size} positives x {train_params.negatives} negatives "
+        f"(hardest {train_params.hard_negatives}), {train_params.embedding_optimizer}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    base = None
+    for copies in (int(s) for s in args.scales.split(",")):
+        model = scaled_model(trained, copies, generator) if copies > 1 else trained
+        times, distinct = time_steps(model, scaled_data(data, copies), train_params, args.steps, args.warmup)
+        median = statistics.median(times)
+        base = base or median
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(
+            f"{copies:>4}x: {model.config.n_items:>9,} books  step median {median * 1000:7.1f} ms "
+            f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})  x{median / base:.2f} of 1x  "
+            f"distinct books per batch {int(np.mean(distinct)):,}  peak RSS so far {rss:.1f} GiB",
+            flush=True,
+        )
+        del model
+
+
+if __name__ == "__main__":
+    main()
