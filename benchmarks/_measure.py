@@ -55,7 +55,7 @@ def measure_epoch(project: Path, preexec_fn=None) -> dict:
     script = Path(__file__).with_name("train_epoch.py")
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, str(script), "--root", str(project), "--json"],
+        [sys.executable, str(script), "--root", str(project), "--devices", "cpu", "--json"],
         cwd=project,
         capture_output=True,
         text=True,

@@ -157,6 +157,16 @@ def evaluate(
             f"evaluate: done in {time.perf_counter() - started:.1f} s", fg=typer.colors.GREEN, err=True
         )
     typer.echo(format_table(comparison_table(metrics, k)))
+    readers = io.read_json(ws.reports / "evaluation.json").get("ncf", {}).get("readers")
+    if readers:
+        sample = (
+            f"a seeded sample of {readers['readers']:,} of the {readers['readers_with_held_out_books']:,} "
+            "readers with held-out books (readers x books above evaluate.max_scored_pairs or "
+            "evaluate.max_readers)"
+            if readers["sampled"]
+            else f"every one of the {readers['readers']:,} readers with held-out books"
+        )
+        typer.echo(f"ranked for {sample}")
 
 
 @app.command()

@@ -43,6 +43,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def local_rank() -> int:
+    """This process's index among the group's processes on this machine (torchrun's LOCAL_RANK)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
+
+
 def local_processes() -> int:
     """Processes of this group on this machine (torchrun's LOCAL_WORLD_SIZE), to share its cores."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if active() else 1

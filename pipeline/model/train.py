@@ -126,12 +126,15 @@ def set_threads(threads: int) -> int:
 
 
 def resolve_device(setting: str) -> torch.device:
-    """`train.device`: auto = CUDA where a GPU is visible, else the CPU; cuda without one is an error."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
+    """`train.device`: auto = CUDA where a GPU is visible, else the CPU; cuda without one is an error.
+    Under torchrun each process takes the GPU of its local rank."""
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise TrainingFailed("train.device is cuda but torch sees no CUDA device; use auto or cpu")
-    return torch.device(setting)
+    # deterministic cuBLAS kernels need a fixed workspace (torch.use_deterministic_algorithms)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return torch.device("cuda", distributed.local_rank())
 
 
 def build_model(data: TrainingData, params: TrainParams) -> NCF:
