@@ -107,12 +107,15 @@ def test_ab_arms_follow_the_stable_hash_and_serve_the_challenger(project, servic
     try:
         for reader in readers:
             answer = httpx.get(f"{service.url}/recommendations/{reader}").json()
-            expected = arm_of(reader, ExperimentParams(**experiment))
+            expected = arm_of(reader, ExperimentParams(**experiment, mde=0.1, power=0.95))
             assert answer["arm"] == expected
             assert answer["model_version"] == ("2" if expected == "challenger" else "1")
             assert len(answer["books"]) == 10
             assert not checker.violations(reader, [b["isbn"] for b in answer["books"]], cap)
-        assert {arm_of(r, ExperimentParams(**experiment)) for r in readers} == {"production", "challenger"}
+        assert {arm_of(r, ExperimentParams(**experiment, mde=0.1, power=0.95)) for r in readers} == {
+            "production",
+            "challenger",
+        }
     finally:
         httpx.delete(f"{service.url}/admin/experiment", headers=service.auth)
 
