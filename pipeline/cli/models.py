@@ -65,6 +65,19 @@ def registry_promote(
     typer.echo(json.dumps(registry.gate_override(_registry_client(), version, reason)))
 
 
+@registry_app.command("challenger")
+@reports_errors
+def registry_challenger(version: str) -> None:
+    """Point the `challenger` alias (what A/B and shadow experiments serve) at VERSION: an older
+    version, or production's own for an A/A test. Production does not move."""
+    from pipeline.ops import registry
+
+    client = _registry_client()
+    client.get_model_version(registry.MODEL_NAME, version)  # raises if it does not exist
+    client.set_registered_model_alias(registry.MODEL_NAME, registry.CHALLENGER, version)
+    typer.echo(json.dumps({"challenger": version}))
+
+
 @registry_app.command("history")
 @reports_errors
 def registry_history() -> None:
