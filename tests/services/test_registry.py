@@ -159,6 +159,7 @@ def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client)
     listed = run(["bookrec", "registry", "list"], project).stdout
     assert "production" in listed and "previous" in listed
     # promoting by hand overrides the gate: it needs the API token and a reason, both recorded
+    token = api_token(project)  # the deployment's token (made on first use, owner-only)
     refused = run(
         ["bookrec", "registry", "promote", outcome["version"], "--reason", "back again", "--token", "wrong"],
         project,
@@ -166,7 +167,6 @@ def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client)
     )
     assert refused.returncode == 1 and "wrong API token" in refused.stderr
     assert str(registry.production_version(client).version) == production_before
-    token = api_token(project)
     run(
         ["bookrec", "registry", "promote", outcome["version"], "--reason", "back again", "--token", token],
         project,
