@@ -1,5 +1,6 @@
-"""Experiments as records, in the feedback store's database: one row per A/B experiment started
-with `bookrec experiment set` (id, start, end, and the plan: versions, salt, share, planned size).
+"""Experiments as records, in the feedback store's database (table `experiments`, defined beside the
+other run-time tables in `impressions`): one row per A/B experiment started with `bookrec experiment
+set` (id, start, end, and the plan: versions, salt, share, planned size).
 At most one is open (no end) at a time; starting another or switching the experiment off ends it."""
 
 from __future__ import annotations
@@ -12,16 +13,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipeline.online import ExperimentPlan
-from pipeline.storage.feedback import FeedbackStore, metadata
-
-experiments = sa.Table(
-    "experiments",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("plan", sa.Text, nullable=False),  # the ExperimentPlan as JSON
-)
+from pipeline.storage.feedback import FeedbackStore
+from pipeline.storage.impressions import experiments
 
 
 def _utc(value) -> datetime:

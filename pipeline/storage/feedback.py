@@ -65,7 +65,7 @@ class FeedbackStore:
         self.engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_for_several_processes)
-        from pipeline.storage import experiments, impressions  # noqa: F401  (their tables live here too)
+        from pipeline.storage import impressions  # noqa: F401  (its tables live in this database too)
 
         metadata.create_all(self.engine)
         self._add_missing_columns()
