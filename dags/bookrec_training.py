@@ -38,43 +38,53 @@ TRAIN_KNOBS = {
     "dropout": ("number", "Dropout in the MLP tower", 0.0, 0.9),
     "max_seconds": ("number", "Training time budget in seconds (0 = none)", 0.0, 86400.0),
 }
-GATE_KNOBS = {
-    "ndcg_tolerance": ("number", "Challenger passes with NDCG@10 >= production's minus this", 0.0, 1.0),
-    "min_coverage": ("number", "Floor on catalog coverage@10", 0.0, 1.0),
-    "min_personalization": ("number", "Floor on personalization@10", 0.0, 1.0),
-    "min_novelty": ("number", "Floor on normalised novelty@10", 0.0, 1.0),
-}
+FORM_SECTIONS = ("train",)  # what a run's form may change; the gate's thresholds are never among them
 
 
 def _defaults() -> dict:
     from pipeline.config import load_params
 
-    params = load_params(ROOT)
-    return {"train": params.train.model_dump(), "gate": params.gate.model_dump()}
+    return {"train": load_params(ROOT).train.model_dump()}
 
 
 def _form() -> dict[str, Param]:
     defaults = _defaults()
-    form = {}
-    for section, knobs in (("train", TRAIN_KNOBS), ("gate", GATE_KNOBS)):
-        for key, (kind, text, low, high) in knobs.items():
-            form[f"{section}.{key}"] = Param(
-                defaults[section][key],
-                type=kind,
-                minimum=low,
-                maximum=high,
-                description=f"{text} (params.yaml {section}.{key}: {defaults[section][key]})",
-            )
-    return form
+    return {
+        f"train.{key}": Param(
+            defaults["train"][key],
+            type=kind,
+            minimum=low,
+            maximum=high,
+            description=f"{text} (params.yaml train.{key}: {defaults['train'][key]})",
+        )
+        for key, (kind, text, low, high) in TRAIN_KNOBS.items()
+    }
+
+
+def run_values(values: dict) -> dict:
+    """A run's form and conf values, checked: only training values may change for a run. A gate
+    threshold is refused (params.yaml's gate section is its only home; a deliberate override is
+    `bookrec registry promote`, with the API token and a reason), and so is any other key."""
+    refused = sorted(key for key in values if key.split(".", 1)[0] not in FORM_SECTIONS)
+    if refused:
+        raise ValueError(
+            f"this run sets {refused}: a run may change only {', '.join(f'{s}.*' for s in FORM_SECTIONS)} values; "
+            "gate thresholds live in params.yaml alone (override a decision with `bookrec registry promote`)"
+        )
+    return values
+
+
+def _checked_run_values() -> dict:
+    context = get_current_context()
+    return run_values({**context["params"], **(context["dag_run"].conf or {})})
 
 
 def _overrides(section: str) -> dict:
     """The run's form values that differ from params.yaml, as dotted keys."""
-    run_params = get_current_context()["params"]
     defaults = _defaults()[section]
     return {
         key: value
-        for key, value in run_params.items()
+        for key, value in _checked_run_values().items()
         if key.startswith(f"{section}.") and value != defaults[key.split(".", 1)[1]]
     }
 
@@ -142,7 +152,8 @@ train values runs `train` and `evaluate` as a DVC experiment (`dvc exp run --tem
 experiment's dvc.lock and the MLflow run record the values, and the workspace keeps its own model.
 
 `register` logs the run and the model to MLflow and registers it as `challenger`; `gate_and_promote`
-moves `production` only when every check of the gate passes. To re-run from a failed task, clear it
+moves `production` only when every check of the gate passes, with the thresholds of params.yaml's
+gate section: a run that tries to set one fails (docs/lifecycle.md). To re-run from a failed task, clear it
 (with downstream) in the grid view.
 """,
 )
@@ -158,6 +169,7 @@ def bookrec_training():
         from pipeline.storage.feedback import FeedbackStore, export_to_raw
         from pipeline.storage.rawdata import fetch
 
+        _checked_run_values()  # a run that sets a gate threshold fails here, before any work
         ws, _ = Workspace.load(ROOT)
         with progress.task("fetch_and_validate"):
             manifest = fetch(ws.raw, ws.cache, show_progress=False)
@@ -217,7 +229,8 @@ def bookrec_training():
         from pipeline.config import Workspace
         from pipeline.ops import progress
 
-        ws, params = Workspace.load(ROOT, _overrides("gate"))
+        _checked_run_values()
+        ws, params = Workspace.load(ROOT)  # the gate's thresholds: params.yaml's, whatever the run says
         with progress.task("gate_and_promote") as shown:
             outcome = release.gate_and_promote(ws, params, registered["version"])
             shown["promoted"] = outcome.get("promoted")

@@ -200,10 +200,14 @@ def log_list(model: BookRecommender, user_id: str, surface: str, isbns) -> str:
 
 @st.cache_data(ttl=30, show_spinner=False)
 def _online_report(url: str, version: str, days: float):
+    from pipeline.config import load_params
     from pipeline.serving.monitoring import online_report
 
     _, model = current()
-    return online_report(_feedback_store(url), model, online().window, days=days, surface=None)
+    confidence = load_params(root()).gate.confidence
+    return online_report(
+        _feedback_store(url), model, online().window, days=days, surface=None, confidence=confidence
+    )
 
 
 def online_report(days: float = 30):

@@ -182,6 +182,8 @@ class ExperimentParams(Section):
     mode: Literal["off", "ab", "shadow"]
     challenger_share: float = Field(ge=0, le=1)
     salt: str = Field(min_length=1)
+    mde: float = Field(gt=0, lt=1)  # relative click-through change the planned size resolves
+    power: float = Field(gt=0, lt=1)  # probability of resolving it at the planned size
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -216,11 +218,17 @@ class ServeParams(Section):
 
 
 class GateParams(Section):
-    ndcg_tolerance: float = Field(ge=0)
+    confidence: float = Field(gt=0.5, lt=1)
+    margin: float = Field(ge=0)
+    coverage_margin: float = Field(ge=0, le=1)
+    novelty_margin: float = Field(ge=0, le=1)
+    online_margin: float = Field(ge=0, lt=1)
     min_coverage: float = Field(ge=0, le=1)
     min_personalization: float = Field(ge=0, le=1)
     min_novelty: float = Field(ge=0, le=1)
     beat_popularity: bool
+    resamples: int = Field(ge=100)
+    seed: int
 
 
 class Params(Section):

@@ -11,7 +11,8 @@ from pipeline.config import Params, Workspace
 from pipeline.stages import evaluation_data
 
 if TYPE_CHECKING:
-    from pipeline.ops.gate import OnlineEvidence
+    from pipeline.online import ExperimentResult
+    from pipeline.ops.gate import Ranked
     from pipeline.ops.versioning import Experiment
 
 # What the pyfunc imports (tests/code/test_layout.py checks that serving loads no ingestion,
@@ -36,18 +37,84 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_REQUIREMENTS]
 
 
-def _production_on_split(ws: Workspace, params: Params, version: str) -> float:
-    """NDCG@10 of a registered version measured on the current test split (through the registry),
-    ranked exactly as the evaluator ranks the challenger."""
-    from pipeline.evaluation.evaluate import ndcg_at
+def gate_rules(ws: Workspace, params: Params) -> str:
+    """What every list of one gate run is ranked under: the split (rule and data version), the
+    protocol, the list rules and the reader sample. Two figures with different rules are never
+    compared (`gate.compare` refuses)."""
+    import json
+
+    from pipeline.data.protocol import PROTOCOL
+    from pipeline.data.split import split_fingerprint
+    from pipeline.ops.versioning import data_version
+
+    return json.dumps(
+        {
+            "protocol": PROTOCOL,
+            "split": split_fingerprint(params.preprocess),
+            "data": data_version(ws.root).get(params.paths.processed, ""),
+            "one_per_work": True,
+            "max_per_author": params.serve.max_per_author,
+            "max_readers": params.evaluate.max_readers,
+            "readers_seed": params.evaluate.readers_seed,
+        },
+        sort_keys=True,
+    )
+
+
+def rank_versions(ws: Workspace, params: Params, versions: list[str]) -> tuple[dict, Ranked]:
+    """Registered `versions` and the popularity baseline, each ranked here for the test split's
+    readers by the one evaluation path (`stages.evaluation_data`, loaded through the registry and
+    scored in this split's ids), with their per-reader figures: (version -> Ranked, popularity)."""
+    import numpy as np
+
+    from pipeline.evaluation import metrics
+    from pipeline.evaluation.baselines import make_baseline
+    from pipeline.ops.gate import K, Ranked
     from pipeline.ops.registry import load_recommender
     from pipeline.serving.remap import RemappedRecommender
 
-    served = load_recommender(ws.root, version)
     data = evaluation_data(ws, params, "test")
+    readers = data.users_with_truth()
+    truth = data.truth[readers]
+    popularity = metrics.item_popularity(data.train)
+    n_train_users = int((np.diff(data.train.indptr) > 0).sum())
+    rules = gate_rules(ws, params)
     users = io.read_parquet(ws.processed / "users.parquet")
     items = io.read_parquet(ws.processed / "items.parquet")
-    return ndcg_at(RemappedRecommender(served, users, items, data.train), data, batch_size=256)
+
+    def ranked(name: str, recommender) -> Ranked:
+        top = data.lists(recommender, readers, K, batch_size=256)
+        return Ranked(
+            name,
+            rules,
+            readers,
+            metrics.accuracy_per_user(top, truth, K)["ndcg"],
+            metrics.novelty_per_user(top, popularity, n_train_users),
+            top,
+            data.n_items,
+        )
+
+    out = {}
+    for version in dict.fromkeys(str(v) for v in versions):
+        served = load_recommender(ws.root, version)
+        out[version] = ranked(version, RemappedRecommender(served, users, items, data.train))
+        del served  # one version in memory at a time
+    return out, ranked("popularity", make_baseline("popularity").fit(data.train))
+
+
+def compare_versions(ws: Workspace, params: Params, challenger: str, reference: str) -> dict:
+    """`bookrec gate compare`: two registered versions ranked here on the same readers under the
+    same rules, and the gate's paired comparison of the first against the second."""
+    from pipeline.ops.gate import GateThresholds, compare
+
+    ranked, _ = rank_versions(ws, params, [challenger, reference])
+    thresholds = GateThresholds(**params.gate.model_dump())
+    comparison = compare(ranked[str(challenger)], ranked[str(reference)], thresholds)
+    return {
+        "figures": {version: r.summary() for version, r in ranked.items()},
+        "comparison": comparison,
+        "thresholds": thresholds,
+    }
 
 
 def _data_drift(ws: Workspace, client) -> dict[str, str]:
@@ -141,30 +208,39 @@ def register_model(ws: Workspace, params: Params, experiment: Experiment | None 
 
 
 def gate_and_promote(
-    ws: Workspace, params: Params, version: str, promote: bool = True, online: OnlineEvidence | None = None
+    ws: Workspace, params: Params, version: str, promote: bool = True, online: ExperimentResult | None = None
 ) -> dict:
-    """Run the promotion gate for `version` (with an experiment's `online` evidence, if any); move
-    `production` to it only if every check passed."""
-    from dataclasses import replace
-
+    """Run the promotion gate for `version` (with an experiment's `online` result, if any): rank it,
+    production and every version ever promoted on its split here, decide, record the decision on
+    the version, and move `production` to it only if every check passed."""
     from pipeline.ops import registry, tracking
-    from pipeline.ops.gate import GateThresholds, decide
+    from pipeline.ops.gate import GateInputs, GateThresholds, Reference, best_of, decide
 
     client = tracking.client(ws.root)
     candidate = client.get_model_version(registry.MODEL_NAME, str(version))
+    fingerprint = candidate.tags.get("split_fingerprint")
     production = registry.production_version(client)
-    production_ndcg = None
-    if (
-        production is not None
-        and str(production.version) != str(candidate.version)
-        and production.tags.get("split_version") != candidate.tags.get("split_version")
-        and production.tags.get("split_fingerprint") == candidate.tags.get("split_fingerprint")
-    ):
-        # Another data version, the same split rule: production is measured on this test split.
-        production_ndcg = _production_on_split(ws, params, str(production.version))
-    inputs = replace(registry.gate_inputs(candidate, production, production_ndcg), online=online)
-    decision = decide(inputs, GateThresholds(**params.gate.model_dump()))
-    registry.record_decision(client, decision)
+    splits = {v: registry.split_fingerprint_of(client, v) for v in registry.promoted_versions(client)}
+    if production is not None:
+        splits[str(production.version)] = production.tags.get("split_fingerprint")
+    comparable = [v for v, split in splits.items() if v != str(candidate.version) and split == fingerprint]
+    ranked, popularity = rank_versions(ws, params, [str(candidate.version), *comparable])
+    best = best_of([ranked[v] for v in comparable])
+
+    def reference(v: str | None) -> Reference | None:
+        return None if v is None else Reference(v, splits.get(v, fingerprint), ranked.get(v))
+
+    inputs = GateInputs(
+        candidate=ranked[str(candidate.version)],
+        split_fingerprint=fingerprint,
+        popularity=popularity,
+        production=reference(None if production is None else str(production.version)),
+        best_promoted=reference(None if best is None else best.version),
+        online=online,
+    )
+    thresholds = GateThresholds(**params.gate.model_dump())
+    decision = decide(inputs, thresholds)
+    registry.record_decision(client, decision, thresholds)
     aliases = {"production": None if production is None else str(production.version)}
     if decision.passed and promote:
         aliases = registry.promote(

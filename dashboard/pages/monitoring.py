@@ -8,7 +8,9 @@ import json
 import altair as alt
 import pandas as pd
 import streamlit as st
-from data_access import _store, model_or_stop, online, online_report, version_info
+from data_access import _store, model_or_stop, online, online_report, root, version_info
+
+from pipeline.config import load_params
 
 info, model = model_or_stop()
 st.header("Online metrics")
@@ -115,6 +117,7 @@ columns = [
     "arm",
     "impressions",
     "shown",
+    "readers",
     "ctr",
     "positive_rate",
     "mrr",
@@ -124,16 +127,17 @@ columns = [
 st.dataframe(shown[columns], hide_index=True, width="stretch")
 
 st.subheader("Challenger against production")
-for label, comparison in (
-    ("Click-through", report.comparison),
-    ("Positive rate", report.comparison_positive),
-):
-    arms = comparison["arms"]
-    if not arms["production"]["n"] or not arms["challenger"]["n"]:
-        st.caption(f"{label}: no A/B traffic in both arms in this period.")
-        continue
-    st.markdown(
-        f"{label}: challenger {arms['challenger']['rate']:.4f} (n={arms['challenger']['n']}) − production "
-        f"{arms['production']['rate']:.4f} (n={arms['production']['n']}) = **{comparison['difference']:+.4f}** "
-        f"[{comparison['low']:+.4f}, {comparison['high']:+.4f}]"
+plan = report.experiment
+if plan is None:
+    st.caption("No A/B experiment recorded (`bookrec experiment set ab` starts one).")
+else:
+    st.caption(
+        f"Experiment `{plan.id}`: v{plan.challenger_version} against v{plan.production_version} since "
+        f"{plan.started_at:%Y-%m-%d %H:%M} UTC"
+        + (f", ended {plan.ended_at:%Y-%m-%d %H:%M} UTC" if plan.ended_at else "")
+        + ". Only its recommendation lists count (not similar-book or new-reader lists), readers are the "
+        "unit, and no decision is taken before the planned size (the same figures as `bookrec experiment report`)."
     )
+    margin = load_params(root()).gate.online_margin
+    for comparison in (report.comparison, report.comparison_positive):
+        st.markdown(comparison.describe(margin))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.common import app, reports_errors, workspace
+from pipeline.cli.common import app, fail, reports_errors, workspace
 
 registry_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
@@ -36,12 +36,46 @@ def registry_list() -> None:
 @reports_errors
 def registry_promote(
     version: str,
-    reason: Annotated[str, typer.Option(help="Why; recorded on the version.")] = "promoted by hand",
+    reason: Annotated[str, typer.Option(help="Why the gate is overridden; recorded in the serving history.")],
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="BOOKREC_API_TOKEN",
+            prompt="API token (run/api_token)",
+            hide_input=True,
+            help="The API's write token: overriding the gate is as privileged as the API's admin endpoints.",
+        ),
+    ],
 ) -> None:
-    """Move `production` to VERSION (by hand, bypassing the gate); the old one becomes `previous`."""
+    """Override the gate: move `production` to VERSION by hand (the old one becomes `previous`),
+    with the API token and a reason, both recorded (on the version and in the serving history)."""
+    import hmac
+
+    from pipeline.ops import registry
+    from pipeline.storage.secrets import api_token
+
+    ws, _ = workspace()
+    expected = api_token(ws.root, create=False)
+    if expected is None:
+        fail(
+            f"no API token on this deployment ({ws.root / 'run' / 'api_token'}): nothing to check the override against"
+        )
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        fail("wrong API token: the gate was not overridden")
+    typer.echo(json.dumps(registry.gate_override(_registry_client(), version, reason)))
+
+
+@registry_app.command("challenger")
+@reports_errors
+def registry_challenger(version: str) -> None:
+    """Point the `challenger` alias (what A/B and shadow experiments serve) at VERSION: an older
+    version, or production's own for an A/A test. Production does not move."""
     from pipeline.ops import registry
 
-    typer.echo(json.dumps(registry.promote(_registry_client(), version, reason)))
+    client = _registry_client()
+    client.get_model_version(registry.MODEL_NAME, version)  # raises if it does not exist
+    client.set_registered_model_alias(registry.MODEL_NAME, registry.CHALLENGER, version)
+    typer.echo(json.dumps({"challenger": version}))
 
 
 @registry_app.command("history")
@@ -63,6 +97,35 @@ def registry_rollback(reason: Annotated[str, typer.Option(help="Why; recorded on
     from pipeline.ops import registry
 
     typer.echo(json.dumps(registry.rollback(_registry_client(), reason)))
+
+
+gate_app = typer.Typer(help="The promotion gate's comparisons.", no_args_is_help=True)
+app.add_typer(gate_app, name="gate")
+
+
+@gate_app.command("compare")
+@reports_errors
+def gate_compare(
+    challenger: Annotated[str, typer.Argument(help="The version judged (e.g. before promoting it by hand).")],
+    reference: Annotated[str, typer.Argument(help="The version it is judged against (e.g. production).")],
+) -> None:
+    """Rank two registered versions here, on the test split's readers under today's rules, and print
+    the gate's paired comparison of CHALLENGER against REFERENCE with params.yaml's margins."""
+    from pipeline import release
+
+    ws, params = workspace()
+    result = release.compare_versions(ws, params, challenger, reference)
+    comparison, thresholds = result["comparison"], result["thresholds"]
+    for version, figures in result["figures"].items():
+        typer.echo(f"v{version}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+    typer.echo(f"v{challenger} minus v{reference}, {thresholds.confidence:.0%} intervals:")
+    for name, interval, margin in (
+        ("ndcg@10", comparison.ndcg, thresholds.margin),
+        ("coverage@10", comparison.coverage, thresholds.coverage_margin),
+        ("novelty_normalised@10", comparison.novelty, thresholds.novelty_margin),
+    ):
+        verdict = "non-inferior" if interval.at_least(-margin) else "NOT non-inferior"
+        typer.echo(f"  {name}: {interval.text()} ({interval.method}); margin {margin}: {verdict}")
 
 
 @app.command()

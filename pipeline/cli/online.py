@@ -46,40 +46,90 @@ def _feedback_store():
     return FeedbackStore.for_root(ws.root), params
 
 
+def _versions(root) -> tuple[str, str]:
+    """(production, challenger) versions of the registry; both must exist."""
+    from pipeline.ops.registry import challenger_version, production_version
+    from pipeline.ops.tracking import client
+
+    registry_client = client(root)
+    production, challenger = production_version(registry_client), challenger_version(registry_client)
+    if production is None or challenger is None:
+        raise RuntimeError("an A/B experiment needs both a `production` and a `challenger` version")
+    return str(production.version), str(challenger.version)
+
+
 @experiment_app.command("set")
 @reports_errors
 def experiment_set(
     mode: Annotated[str, typer.Argument(help="off, ab or shadow")],
     share: Annotated[float, typer.Option(help="Share of readers in the challenger arm (ab).")] = 0.5,
-    salt: Annotated[str, typer.Option(help="Hash key of the arm assignment.")] = "exp-1",
+    salt: Annotated[
+        str | None, typer.Option(help="Hash key of the arm assignment (default: the experiment's id).")
+    ] = None,
+    baseline_ctr: Annotated[
+        float | None,
+        typer.Option(help="Expected click-through to plan from, when production has no recent traffic."),
+    ] = None,
+    pilot_days: Annotated[float, typer.Option(help="Plan from production's traffic of these days.")] = 30,
 ) -> None:
-    """Override params.yaml's serve.experiment for every running service (effective within seconds)."""
+    """Start an A/B experiment (ab: a record with id, start, salt, both versions and the planned
+    size) or serve without one (off, shadow: the open experiment ends); every running service
+    follows within seconds."""
     from pipeline.config import ExperimentParams
-    from pipeline.storage import impressions
+    from pipeline.ops import experiments
 
-    store, _ = _feedback_store()
-    experiment = ExperimentParams(mode=mode, challenger_share=share, salt=salt)
-    impressions.write_setting(store, impressions.EXPERIMENT_KEY, experiment.model_dump())
-    typer.echo(json.dumps(experiment.model_dump() | {"source": "run time"}))
+    store, params = _feedback_store()
+    ws, _ = workspace()
+    if mode == "ab":
+        production, challenger = _versions(ws.root)
+        plan = experiments.plan(store, params, production, challenger, share, salt, baseline_ctr, pilot_days)
+        experiments.start(store, params, plan)
+        typer.echo(json.dumps(plan.as_dict(), default=str, indent=2))
+        return
+    setting = ExperimentParams(
+        **(params.serve.experiment.model_dump() | {"mode": mode, "challenger_share": share})
+        | ({"salt": salt} if salt else {})
+    )
+    ended = experiments.switch(store, setting)
+    typer.echo(json.dumps({"mode": mode, "ended": None if ended is None else ended.id}))
 
 
 @experiment_app.command("clear")
 @reports_errors
 def experiment_clear() -> None:
-    """Back to params.yaml's serve.experiment."""
-    from pipeline.storage import impressions
+    """Back to params.yaml's serve.experiment; the open experiment ends."""
+    from pipeline.ops import experiments
 
     store, params = _feedback_store()
-    impressions.write_setting(store, impressions.EXPERIMENT_KEY, None)
-    typer.echo(json.dumps(params.serve.experiment.model_dump() | {"source": "params.yaml"}))
+    ended = experiments.switch(store, None)
+    typer.echo(
+        json.dumps(
+            params.serve.experiment.model_dump()
+            | {"source": "params.yaml", "ended": None if ended is None else ended.id}
+        )
+    )
 
 
-def _online_report(days: float):
+@experiment_app.command("list")
+@reports_errors
+def experiment_list() -> None:
+    """Every experiment recorded: id, start and end, versions, planned readers per arm."""
+    import pandas as pd
+
+    from pipeline.storage.experiments import all_experiments
+
+    store, _ = _feedback_store()
+    rows = [plan.as_dict() for plan in all_experiments(store)]
+    typer.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no experiment recorded yet")
+
+
+def _online_report(days: float, experiment_id: str | None = None):
     from datetime import timedelta
 
     from pipeline.ops.registry import load_recommender, production_version
     from pipeline.ops.tracking import client
     from pipeline.serving.monitoring import online_report
+    from pipeline.storage.experiments import find
 
     store, params = _feedback_store()
     ws, _ = workspace()
@@ -87,66 +137,77 @@ def _online_report(days: float):
     if production is None:
         raise RuntimeError("no production model: nothing was served yet")
     model = load_recommender(ws.root, str(production.version))
-    return online_report(store, model, timedelta(hours=params.serve.attribution_hours), days=days)
+    plan = None if experiment_id is None else find(store, experiment_id)
+    window = timedelta(hours=params.serve.attribution_hours)
+    return online_report(store, model, window, days=days, confidence=params.gate.confidence, experiment=plan)
 
 
 @experiment_app.command("report")
 @reports_errors
-def experiment_report(days: Annotated[float, typer.Option(help="Look back this many days.")] = 30) -> None:
-    """Online metrics per model version and arm, and challenger minus production with 95% intervals."""
-    report = _online_report(days)
+def experiment_report(
+    days: Annotated[float, typer.Option(help="Look back this many days (the tables).")] = 30,
+    experiment: Annotated[str | None, typer.Option(help="Experiment id (default: the latest).")] = None,
+) -> None:
+    """Online metrics per model version and arm, and the experiment's challenger minus production
+    (readers as the unit) against its planned size and the online margin."""
+    report = _online_report(days, experiment)
+    _, params = workspace()
     typer.echo(f"{report.impressions} lists served, {report.clicks} attributed interactions")
     if not report.by_version.empty:
         columns = [
             "model_version",
             "arm",
+            "readers",
             "shown",
             "ctr",
             "ctr_low",
             "ctr_high",
             "positive_rate",
             "mrr",
-            "coverage",
         ]
         typer.echo(report.by_version[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    for label, comparison in (
-        ("click-through", report.comparison),
-        ("positive rate", report.comparison_positive),
-    ):
-        arms = comparison["arms"]
-        typer.echo(
-            f"{label}: challenger {arms['challenger']['rate']:.4f} (n={arms['challenger']['n']}) - production "
-            f"{arms['production']['rate']:.4f} (n={arms['production']['n']}) = {comparison['difference']:+.4f} "
-            f"[{comparison['low']:+.4f}, {comparison['high']:+.4f}]"
-        )
+    if report.experiment is None:
+        typer.echo("no experiment recorded: `bookrec experiment set ab` starts one")
+        return
+    plan = report.experiment
+    typer.echo(
+        f"experiment {plan.id}: v{plan.challenger_version} against v{plan.production_version} since "
+        f"{plan.started_at:%Y-%m-%d %H:%M} UTC"
+        + (f" until {plan.ended_at:%Y-%m-%d %H:%M} UTC" if plan.ended_at else "")
+    )
+    for result in (report.comparison, report.comparison_positive):
+        typer.echo(result.describe(params.gate.online_margin))
 
 
 @experiment_app.command("promote")
 @reports_errors
-def experiment_promote(days: Annotated[float, typer.Option(help="Look back this many days.")] = 30) -> None:
-    """Promote `challenger` out of an A/B experiment: through the gate (offline rules plus the online
-    result) and into the serving history; production moves only if every rule passed."""
+def experiment_promote(
+    experiment: Annotated[str | None, typer.Option(help="Experiment id (default: the latest).")] = None,
+) -> None:
+    """Promote an experiment's challenger: refused before the planned size (no peeking); then through
+    the gate (offline rules plus non-inferiority online); production moves only if every rule passed."""
     from pipeline import release
-    from pipeline.ops.gate import OnlineEvidence
-    from pipeline.ops.registry import challenger_version
+    from pipeline.ops.registry import production_version
     from pipeline.ops.tracking import client
 
     ws, params = workspace()
-    challenger = challenger_version(client(ws.root))
-    if challenger is None:
-        raise RuntimeError("there is no `challenger` version to promote")
-    comparison = _online_report(days).comparison
-    evidence = OnlineEvidence(
-        comparison["difference"],
-        comparison["low"],
-        comparison["high"],
-        comparison["arms"]["challenger"]["n"],
-        comparison["arms"]["production"]["n"],
-    )
-    outcome = release.gate_and_promote(ws, params, str(challenger.version), online=evidence)
+    report = _online_report(30, experiment)
+    plan, result = report.experiment, report.comparison
+    if plan is None:
+        raise RuntimeError("no experiment recorded: start one with `bookrec experiment set ab`")
+    if not result.reached:
+        fail(
+            f"experiment {plan.id} has {result.challenger_readers}/{plan.planned_challenger} challenger and "
+            f"{result.production_readers}/{plan.planned_production} production readers: no decision before "
+            "the planned size (looking early and stopping at a good moment promotes worse models)"
+        )
+    production = production_version(client(ws.root))
+    if production is None or str(production.version) != plan.production_version:
+        fail(f"production moved since experiment {plan.id} started (it compared v{plan.production_version})")
+    outcome = release.gate_and_promote(ws, params, plan.challenger_version, online=result)
     typer.echo(json.dumps(outcome, indent=2))
     if not outcome["promoted"]:
-        fail(f"version {challenger.version} was not promoted: the gate refused it")
+        fail(f"version {plan.challenger_version} was not promoted: the gate refused it")
 
 
 @app.command()
@@ -158,39 +219,64 @@ def simulate(
     share: Annotated[float, typer.Option(help="Challenger share in ab mode.")] = 0.5,
     k: Annotated[int, typer.Option(help="Books per list.")] = 10,
     seed: Annotated[int, typer.Option(help="Order of the simulated readers.")] = 0,
+    baseline_ctr: Annotated[
+        float | None,
+        typer.Option(help="Click-through to plan the experiment from (default: production's hit rate@10)."),
+    ] = None,
     url: Annotated[
         str | None, typer.Option(help="Drive this running API (loopback only) instead of a scratch one.")
     ] = None,
 ) -> None:
     """Replay held-out test interactions as readers of the real API (bounded; loopback only) and
-    report online click-through per arm, from the simulator's tallies and from the store's attribution."""
+    report online click-through per arm, from the simulator's tallies and from the store's attribution,
+    with the experiment's comparison (readers as the unit)."""
     from contextlib import nullcontext
     from datetime import timedelta
 
     from pipeline.config import ExperimentParams
-    from pipeline.ops import registry, tracking
+    from pipeline.ops import experiments, registry, tracking
     from pipeline.ops import simulate as simulator
     from pipeline.serving.monitoring import online_report
     from pipeline.storage.feedback import FeedbackStore, feedback_url
     from pipeline.storage.secrets import api_token
 
     ws, params = workspace()
-    experiment = ExperimentParams(mode=mode, challenger_share=share, salt=f"simulation-{seed}")
+    experiment = ExperimentParams(
+        **(
+            params.serve.experiment.model_dump()
+            | {"mode": mode, "challenger_share": share, "salt": f"simulation-{seed}"}
+        )
+    )
+    plan = None
+    if mode == "ab" and url is None:
+        production, challenger = _versions(ws.root)
+        if baseline_ctr is None:
+            # A simulated reader clicks the held-out books they are shown: production's offline hit
+            # rate is the click-through to expect.
+            tags = tracking.client(ws.root).get_model_version(registry.MODEL_NAME, production).tags
+            baseline_ctr = float(tags[registry.metric_tag("hit_rate@10")])
+        live = FeedbackStore.for_root(ws.root)
+        plan = experiments.plan(live, params, production, challenger, share, experiment.salt, baseline_ctr)
     readers = simulator.held_out(ws)
     context = (
-        simulator.scratch_api(ws.root, experiment)
+        simulator.scratch_api(ws.root, params, experiment, plan)
         if url is None
         else nullcontext((url, feedback_url(ws.root), api_token(ws.root)))
     )
     with context as (api, store_url, token):
-        result = simulator.replay(api, token, readers, requests, seconds, k, seed)
-    production = registry.production_version(tracking.client(ws.root))
-    model = registry.load_recommender(ws.root, str(production.version))
+        result = simulator.replay(api, token, readers, requests, seconds, k, seed, params.gate.confidence)
+    production_model = registry.production_version(tracking.client(ws.root))
+    model = registry.load_recommender(ws.root, str(production_model.version))
     window = timedelta(hours=params.serve.attribution_hours)
-    report = online_report(FeedbackStore(store_url), model, window, days=1)
+    report = online_report(
+        FeedbackStore(store_url), model, window, days=1, confidence=params.gate.confidence, experiment=plan
+    )
     result["store"] = store_url
     result["attributed"] = report.by_version.to_dict("records")
-    result["comparison"] = report.comparison
+    if report.comparison is not None:
+        result["experiment"] = report.experiment.as_dict()
+        result["comparison"] = report.comparison.as_dict()
+        result["decision"] = report.comparison.describe(params.gate.online_margin)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 

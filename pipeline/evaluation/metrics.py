@@ -134,3 +134,38 @@ def beyond_accuracy(
         **novelty(top_k, popularity, n_train_users),
         **popularity_bias(top_k, popularity, tail),
     }
+
+
+def novelty_per_user(top_k: np.ndarray, popularity: np.ndarray, n_users: int) -> np.ndarray:
+    """Each list's mean normalised self-information (`novelty`'s novelty_normalised, per list; NaN
+    for an empty list): the per-reader figure the gate pairs between two models."""
+    valid = top_k >= 0
+    information = -np.log2(np.maximum(popularity[np.where(valid, top_k, 0)], 1) / n_users) / np.log2(n_users)
+    with np.errstate(invalid="ignore"):
+        return np.where(valid, information, 0.0).sum(axis=1) / valid.sum(axis=1)
+
+
+ALWAYS_DRAWN = 40  # an item in this many lists is in a resample of them but for odds of e**-40
+
+
+def coverage_of_samples(top_k: np.ndarray, samples: np.ndarray, n_items: int) -> np.ndarray:
+    """Catalog coverage of the lists of each sample of readers: `samples` (..., readers) holds row
+    indices of `top_k` (a bootstrap's resamples of every reader, repeats allowed); returns (...).
+    An item in ALWAYS_DRAWN or more lists counts as covered without looking (only items in few
+    lists can be missing from a resample), which keeps a thousand resamples cheap."""
+    samples = np.asarray(samples)
+    flat = samples.reshape(-1, samples.shape[-1])
+    valid = top_k >= 0
+    lists_per_item = np.bincount(top_k[valid], minlength=n_items)
+    rare = valid & (lists_per_item[np.where(valid, top_k, 0)] < ALWAYS_DRAWN)
+    always = int((lists_per_item >= ALWAYS_DRAWN).sum())
+    rows = np.repeat(np.arange(len(top_k)), rare.sum(axis=1))
+    membership = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, top_k[rare])), shape=(len(top_k), n_items)
+    )
+    drawn = sp.csr_matrix(
+        (np.ones(flat.size, dtype=np.float32), flat.ravel(), np.arange(0, flat.size + 1, flat.shape[1])),
+        shape=(len(flat), len(top_k)),
+    )
+    listed = (drawn @ membership).getnnz(axis=1) + always
+    return (listed / n_items).reshape(samples.shape[:-1])

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pipeline.ops.gate import GateDecision, GateThresholds
     from pipeline.serving.service import BookRecommender
 
 from pipeline.ops import history
-from pipeline.ops.gate import FLOORS, GateDecision, GateInputs, Production
 
 MODEL_NAME = "bookrec-ncf"
 CHALLENGER, PRODUCTION, PREVIOUS = "challenger", "production", "previous"
@@ -97,51 +97,61 @@ def metric_tag(key: str) -> str:
     return "metric." + key.replace("@", "_at_")
 
 
-def _metric(tags: dict[str, str], key: str) -> float | None:
-    value = tags.get(metric_tag(key))
-    return float(value) if value not in (None, "") else None
-
-
 def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
     return {metric_tag(key): f"{value:.6f}" for key, value in metrics.items()}
 
 
-def gate_inputs(
-    candidate: Any, production: Any | None, production_ndcg_on_split: float | None = None
-) -> GateInputs:
-    """What the gate decides on, read from the versions' tags. `production_ndcg_on_split` is
-    production re-measured on the candidate's test split; None when both were measured on one split
-    (production's own figure then counts)."""
-    production_inputs = None
-    if production is not None:
-        reference = production_ndcg_on_split
-        if reference is None and production.tags.get("split_version") == candidate.tags.get("split_version"):
-            reference = _metric(production.tags, "ndcg@10")
-        production_inputs = Production(
-            version=str(production.version),
-            split_fingerprint=production.tags.get("split_fingerprint"),
-            ndcg_on_candidate_split=reference,
-        )
-    popularity = candidate.tags.get("popularity_ndcg_at_10")
-    return GateInputs(
-        version=str(candidate.version),
-        metrics={key: _metric(candidate.tags, key) for key in ("ndcg@10", *FLOORS)},
-        split_fingerprint=candidate.tags.get("split_fingerprint"),
-        popularity_ndcg=float(popularity) if popularity not in (None, "") else None,
-        production=production_inputs,
-    )
+def promoted_versions(client) -> list[str]:
+    """Every version that ever served as `production` (the serving history), oldest first."""
+    history.reconcile(client, MODEL_NAME, _version_of(production_version(client)))
+    return list(dict.fromkeys(move.version for move in history.moves(client, MODEL_NAME)))
 
 
-def record_decision(client, decision: GateDecision) -> None:
+def split_fingerprint_of(client, version: str) -> str | None:
+    return client.get_model_version(MODEL_NAME, str(version)).tags.get("split_fingerprint")
+
+
+def record_decision(client, decision: GateDecision, thresholds: GateThresholds) -> None:
+    """The decision as structured tags of the version: verdict, reasons, the thresholds it was made
+    with, the versions it was compared with, each difference with its interval, the readers."""
+    from dataclasses import asdict
+
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    client.set_model_version_tag(
-        MODEL_NAME, decision.version, "gate", "passed" if decision.passed else "refused"
-    )
-    client.set_model_version_tag(
-        MODEL_NAME, decision.version, "gate_reasons", json.dumps(decision.reasons)[:4900]
-    )
-    client.set_model_version_tag(MODEL_NAME, decision.version, "gate_at", stamp)
+    tags = {
+        "gate": "passed" if decision.passed else "refused",
+        "gate_reasons": json.dumps(decision.reasons),
+        "gate_at": stamp,
+        "gate.thresholds": json.dumps(asdict(thresholds)),
+        "gate.references": json.dumps(decision.references),
+        "gate.readers": str(decision.readers),
+        "gate.rules": decision.rules,
+        "gate.comparisons": json.dumps(
+            [
+                {
+                    "reference": c.reference,
+                    **{m: getattr(c, m).as_dict() for m in ("ndcg", "coverage", "novelty")},
+                }
+                for c in decision.comparisons
+            ]
+        ),
+        **({} if decision.online is None else {"gate.online": json.dumps(decision.online)}),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(MODEL_NAME, decision.version, key, value[:4900])
     client.update_model_version(MODEL_NAME, decision.version, description=f"[{stamp}] {decision.summary()}")
+
+
+def gate_override(client, version: str, reason: str) -> dict[str, str | None]:
+    """Move `production` to `version` without the gate (`bookrec registry promote`, which asks for
+    the API token): recorded on the version and in the serving history as an override."""
+    if not reason.strip():
+        raise ValueError("a gate override needs a reason (--reason)")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    client.get_model_version(MODEL_NAME, str(version))  # raises if it does not exist
+    client.set_model_version_tag(
+        MODEL_NAME, str(version), "gate.override", json.dumps({"at": stamp, "reason": reason[:4000]})
+    )
+    return promote(client, str(version), reason, by="gate override (bookrec registry promote)")
 
 
 def promote(client, version: str, reason: str, by: str = "bookrec registry promote") -> dict[str, str | None]:

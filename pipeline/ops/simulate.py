@@ -28,8 +28,9 @@ import httpx
 import numpy as np
 
 from pipeline import io
-from pipeline.config import ExperimentParams, Workspace
-from pipeline.online import wilson
+from pipeline.config import ExperimentParams, Params, Workspace
+from pipeline.online import ExperimentPlan
+from pipeline.statistics import ratio_interval
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -40,12 +41,23 @@ class ArmTally:
     clicked_lists: int = 0
     clicks: int = 0
     versions: set[str] = field(default_factory=set)
+    by_reader: dict[str, list[int]] = field(default_factory=dict)  # reader -> [lists, clicked lists]
 
-    def summary(self) -> dict:
-        low, high = wilson(self.clicked_lists, self.lists)
-        ctr = self.clicked_lists / self.lists if self.lists else float("nan")
+    def add(self, user: str, version: str, hits: int) -> None:
+        self.lists += 1
+        self.clicked_lists += bool(hits)
+        self.clicks += hits
+        self.versions.add(version)
+        counts = self.by_reader.setdefault(user, [0, 0])
+        counts[0] += 1
+        counts[1] += bool(hits)
+
+    def summary(self, confidence: float = 0.95) -> dict:
+        counts = np.array(list(self.by_reader.values()), dtype=np.float64).reshape(-1, 2)
+        ctr, low, high = ratio_interval(counts[:, 1], counts[:, 0], confidence)
         return {
             "lists": self.lists,
+            "readers": len(self.by_reader),
             "clicks": self.clicks,
             "ctr": ctr,
             "ctr_low": low,
@@ -66,7 +78,14 @@ def held_out(ws: Workspace) -> dict[str, set[str]]:
 
 
 def replay(
-    url: str, token: str, readers: dict[str, set[str]], requests: int, seconds: float, k: int, seed: int
+    url: str,
+    token: str,
+    readers: dict[str, set[str]],
+    requests: int,
+    seconds: float,
+    k: int,
+    seed: int,
+    confidence: float = 0.95,
 ) -> dict:
     """Play up to `requests` requests (or `seconds`) against the API at `url`; the tallies per arm."""
     if urlparse(url).hostname not in LOOPBACK:
@@ -86,36 +105,36 @@ def replay(
             answer = client.get(f"/recommendations/{user}", params={"k": k, "history": "train"})
             answer.raise_for_status()
             body = answer.json()
-            tally = tallies.setdefault(body["arm"], ArmTally())
-            tally.lists += 1
-            tally.versions.add(body["model_version"])
             hits = [b["isbn"] for b in body["books"] if b["isbn"] in remaining[user]]
-            tally.clicked_lists += bool(hits)
+            tallies.setdefault(body["arm"], ArmTally()).add(user, body["model_version"], len(hits))
             for isbn in hits:
                 payload = {"isbn": isbn, "rating": 0, "request_id": body["request_id"]}
                 client.post(f"/users/{user}/interactions", json=payload, headers=auth).raise_for_status()
                 remaining[user].discard(isbn)
-                tally.clicks += 1
     return {
         "requests": sent,
         "seconds": round(time.monotonic() - started, 1),
-        "arms": {arm: tally.summary() for arm, tally in sorted(tallies.items())},
+        "arms": {arm: tally.summary(confidence) for arm, tally in sorted(tallies.items())},
     }
 
 
 @contextmanager
-def scratch_api(root: Path, experiment: ExperimentParams):
+def scratch_api(root: Path, params: Params, experiment: ExperimentParams, plan: ExperimentPlan | None = None):
     """`bookrec serve` on a free loopback port over a new scratch feedback store, with `experiment`
-    set at run time; yields (url, feedback store URL, token)."""
+    set at run time (and `plan` recorded as its A/B experiment); yields (url, feedback store URL, token)."""
     import socket
 
-    from pipeline.storage import impressions
+    from pipeline.ops import experiments
     from pipeline.storage.feedback import FeedbackStore
     from pipeline.storage.secrets import api_token
 
     folder = root / "run" / "simulation" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     store_url = f"sqlite:///{folder / 'feedback.db'}"
-    impressions.write_setting(FeedbackStore(store_url), impressions.EXPERIMENT_KEY, experiment.model_dump())
+    scratch = FeedbackStore(store_url)
+    if plan is not None:
+        experiments.start(scratch, params, plan)
+    else:
+        experiments.switch(scratch, experiment)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -64,7 +64,10 @@ class RuntimeRules:
 
     def refresh(self) -> RulesSnapshot:
         override = impressions_store.read_setting(self.store, impressions_store.EXPERIMENT_KEY)
-        experiment = self.default if override is None else ExperimentParams(**override)
+        # The stored setting holds mode, share and salt; planning values stay params.yaml's.
+        experiment = (
+            self.default if override is None else ExperimentParams(**(self.default.model_dump() | override))
+        )
         self.current = RulesSnapshot(experiment, frozenset(impressions_store.unavailable(self.store)))
         self.after_refresh(self.current)
         return self.current

@@ -1,5 +1,6 @@
-"""Online metrics from the store: the one function behind `/metrics`, the dashboard's Monitoring page
-and `bookrec experiment report` (the arithmetic is `pipeline.evaluation.online`)."""
+"""Online metrics from the store: the one function behind `/metrics`, the dashboard's Monitoring page,
+`bookrec experiment report`, `experiment promote` and the simulator (the arithmetic is
+`pipeline.online`, the intervals `pipeline.statistics`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from pipeline.online import attribute, compare_arms, long_tail_items, online_metrics
+from pipeline.online import (
+    ExperimentPlan,
+    ExperimentResult,
+    attribute,
+    experiment_result,
+    long_tail_items,
+    online_metrics,
+)
+from pipeline.storage import experiments
 from pipeline.storage import impressions as store
 from pipeline.storage.feedback import FeedbackStore
 
@@ -18,8 +27,9 @@ from pipeline.storage.feedback import FeedbackStore
 class OnlineReport:
     by_day: pd.DataFrame  # one row per (model_version, arm, day)
     by_version: pd.DataFrame  # one row per (model_version, arm)
-    comparison: dict  # challenger minus production, click-through
-    comparison_positive: dict  # challenger minus production, positive rate
+    experiment: ExperimentPlan | None  # the open experiment, else the one that ended last
+    comparison: ExperimentResult | None  # its challenger minus production, click-through
+    comparison_positive: ExperimentResult | None  # the same, positive rate
     impressions: int
     clicks: int
 
@@ -36,26 +46,40 @@ def online_report(
     window: timedelta,
     days: float = 30,
     surface: str | None = "recommendations",
+    confidence: float = 0.95,
+    experiment: ExperimentPlan | None = None,
 ) -> OnlineReport:
-    """Impressions of the last `days` (of one `surface`, or all), attributed and summarised."""
+    """Impressions of the last `days` (of one `surface`, or all), attributed and summarised; and the
+    comparison of `experiment`'s arms (default: the latest experiment) over its whole run, on its
+    own evidence whatever `days` and `surface` say."""
     since = datetime.now(UTC) - timedelta(days=days)
-    shown, books = store.served_lists(feedback, since)
+    plan = experiment if experiment is not None else experiments.latest(feedback)
+    first = min(since, plan.started_at) if plan is not None else since
+    shown, books = store.served_lists(feedback, first)
+    clicks = attribute(shown, books, feedback.frame(first), window, recommender.min_explicit_rating)
+    compared = {
+        metric: experiment_result(shown, clicks, plan, metric, confidence) if plan is not None else None
+        for metric in ("clicked", "positive")
+    }
+    recent = shown["created_at"] >= since
     if surface is not None:
-        shown = shown[shown["surface"] == surface]
-        books = books[books["request_id"].isin(shown["request_id"])]
-    clicks = attribute(shown, books, feedback.frame(since), window, recommender.min_explicit_rating)
+        recent &= shown["surface"] == surface
+    shown = shown[recent]
+    books = books[books["request_id"].isin(shown["request_id"])]
+    clicks = clicks[clicks["request_id"].isin(shown["request_id"])]
     catalog, head = len(recommender.isbns), head_isbns(recommender)
-    by_day = online_metrics(shown, books, clicks, catalog, head) if len(shown) else pd.DataFrame()
-    by_version = (
-        online_metrics(shown, books, clicks, catalog, head, by=("model_version", "arm"))
-        if len(shown)
-        else pd.DataFrame()
-    )
+
+    def table(by: tuple[str, ...]) -> pd.DataFrame:
+        if not len(shown):
+            return pd.DataFrame()
+        return online_metrics(shown, books, clicks, catalog, head, by=by, confidence=confidence)
+
     return OnlineReport(
-        by_day,
-        by_version,
-        compare_arms(shown, clicks, "clicked"),
-        compare_arms(shown, clicks, "positive"),
+        table(("model_version", "arm", "day")),
+        table(("model_version", "arm")),
+        plan,
+        compared["clicked"],
+        compared["positive"],
         int(len(shown)),
         int(len(clicks)),
     )

@@ -72,6 +72,8 @@ class ExperimentIn(BaseModel):
 class ExperimentOut(ExperimentIn):
     source: str = Field(description="params.yaml, or run time (set through the admin endpoint or the CLI)")
     challenger_version: str | None = None
+    mde: float | None = Field(None, description="relative change an A/B experiment's planned size resolves")
+    power: float | None = Field(None, description="probability of resolving it at the planned size")
 
 
 class Unavailable(BaseModel):

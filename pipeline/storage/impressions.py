@@ -53,6 +53,14 @@ settings = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 EXPERIMENT_KEY = "serve.experiment"
+experiments = sa.Table(  # A/B experiments as records (pipeline/storage/experiments.py reads and writes them)
+    "experiments",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("plan", sa.Text, nullable=False),  # pipeline.online.ExperimentPlan as JSON
+)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def test_core_subpackages_import_no_io_framework(package):
         assert "open(" not in text and "read_parquet" not in text and "to_parquet" not in text, path.name
 
 
-@pytest.mark.parametrize("module", ["ranking.py", "online.py"])
+@pytest.mark.parametrize("module", ["ranking.py", "online.py", "statistics.py"])
 def test_ranking_and_online_metrics_are_pure_too(module):
     assert not imports_of(REPO_ROOT / "pipeline" / module) & set(FORBIDDEN_IN_CORE)
 

@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 
 from pipeline.config import ExperimentParams
-from pipeline.online import attribute, compare_arms, online_metrics, per_impression, wilson
+from pipeline.online import (
+    ExperimentPlan,
+    attribute,
+    experiment_lists,
+    experiment_result,
+    online_metrics,
+    per_impression,
+)
 from pipeline.serving.experiment import arm_of
 from pipeline.storage.impressions import Impression, ImpressionLog
 
@@ -106,29 +113,68 @@ def test_online_metrics_per_version_and_arm(served):
     assert challenger["coverage"] == pytest.approx(4 / 20)  # x y z q: the shadow list was served too
 
 
-def test_wilson_interval_and_arm_comparison():
-    low, high = wilson(10, 100)
-    assert low == pytest.approx(0.0552, abs=1e-3) and high == pytest.approx(0.1744, abs=1e-3)
-    assert np.isnan(wilson(0, 0)[0])
-    rows = [(f"p{i}", f"u{i}", "1", "production", True, T0) for i in range(200)]
-    rows += [(f"c{i}", f"v{i}", "2", "challenger", True, T0) for i in range(200)]
-    impressions = _impressions(rows)
-    clicks = pd.DataFrame(
-        {
-            "request_id": [f"p{i}" for i in range(60)] + [f"c{i}" for i in range(20)],
-            "position": 1,
-            "positive": True,
-        }
+def test_an_experiments_evidence_is_its_own_recommendation_lists_only():
+    """Similar-book and new-reader lists (logged under placeholder readers, never clickable), lists
+    of other versions and lists from before the experiment are not evidence of its arms."""
+    plan = ExperimentPlan("exp-2", T0, "s", 0.5, "1", "2", 2, 2, 0.3, 0.46)
+    rows = [
+        ("p1", "u1", "1", "production", True, T0 + timedelta(minutes=1), "recommendations"),
+        ("p2", "u2", "1", "production", True, T0 + timedelta(minutes=1), "recommendations"),
+        ("c1", "u3", "2", "challenger", True, T0 + timedelta(minutes=1), "recommendations"),
+        ("c2", "u4", "2", "challenger", True, T0 + timedelta(minutes=1), "recommendations"),
+        ("s1", "<similar>", "1", "production", True, T0 + timedelta(minutes=1), "similar"),
+        ("n1", "<new reader>", "1", "production", True, T0 + timedelta(minutes=1), "new_reader"),
+        (
+            "o1",
+            "u5",
+            "3",
+            "challenger",
+            True,
+            T0 + timedelta(minutes=1),
+            "recommendations",
+        ),  # another version
+        (
+            "e1",
+            "u6",
+            "1",
+            "production",
+            True,
+            T0 - timedelta(minutes=1),
+            "recommendations",
+        ),  # before the start
+        ("h1", "u7", "2", "challenger", False, T0 + timedelta(minutes=1), "recommendations"),  # shadow
+    ]
+    impressions = pd.DataFrame(
+        rows, columns=["request_id", "user_id", "model_version", "arm", "shown", "created_at", "surface"]
     )
-    result = compare_arms(impressions, clicks)
-    assert result["arms"]["production"] == {"n": 200, "rate": 0.3}
-    assert result["difference"] == pytest.approx(-0.2)
-    assert result["low"] < -0.2 < result["high"] < 0  # clearly worse: the interval excludes zero
-    assert per_impression(impressions, clicks)["reciprocal_rank"].sum() == 80
+    assert sorted(experiment_lists(impressions, plan)["request_id"]) == ["c1", "c2", "p1", "p2"]
+    clicks = pd.DataFrame({"request_id": ["p1", "c1", "c2", "e1"], "position": 1, "positive": True})
+    result = experiment_result(impressions, clicks, plan)
+    assert (result.production_rate, result.challenger_rate) == (0.5, 1.0)  # not 1/4 with s1, n1, e1
+    assert (result.production_readers, result.challenger_readers) == (2, 2) and result.reached
+
+
+def test_readers_not_lists_are_the_unit_of_every_interval():
+    """Two arms with the same 30% click-through over 200 lists: one from 200 readers, one from 4
+    heavy readers of 50 lists each. The heavy readers' interval is far wider (4 units, not 200)."""
+    many = [(f"m{i}", f"u{i}", "1", "production", True, T0) for i in range(200)]
+    few = [(f"f{i}", f"h{i % 4}", "2", "production", True, T0) for i in range(200)]
+    impressions = _impressions(many + few)
+    clicked = [f"m{i}" for i in range(60)] + [f"f{i}" for i in range(200) if i % 4 == 0][:50]
+    clicked += [f"f{i}" for i in range(200) if i % 4 == 1][:10]
+    clicks = pd.DataFrame({"request_id": clicked, "position": 1, "positive": True})
+    table = online_metrics(
+        impressions.assign(surface="recommendations"), _books({}), clicks, 10, set(), by=("model_version",)
+    ).set_index("model_version")
+    assert table.loc["1", "ctr"] == table.loc["2", "ctr"] == pytest.approx(0.3)
+    assert (table.loc["1", "readers"], table.loc["2", "readers"]) == (200, 4)
+    width = table["ctr_high"] - table["ctr_low"]
+    assert width["2"] > 3 * width["1"]
+    assert per_impression(impressions, clicks)["reciprocal_rank"].sum() == 120
 
 
 def test_arm_assignment_is_stable_and_shares_hold():
-    experiment = ExperimentParams(mode="ab", challenger_share=0.3, salt="s1")
+    experiment = ExperimentParams(mode="ab", challenger_share=0.3, salt="s1", mde=0.1, power=0.95)
     readers = [str(i) for i in range(10_000)]
     arms = [arm_of(r, experiment) for r in readers]
     assert arms == [arm_of(r, experiment) for r in reversed(readers)][::-1]  # order does not matter

@@ -54,7 +54,29 @@ def test_dag_structure(airflow_db):
     assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
     assert dag.timetable.timetable.expression == "0 3 * * 1"
     assert "bookrec_raw_data" in str(dag.timetable.asset_condition)
-    assert {"train.lr", "train.epochs", "gate.ndcg_tolerance", "gate.min_coverage"} <= set(dag.params)
+    assert {"train.lr", "train.epochs"} <= set(dag.params)
+
+
+def test_the_trigger_form_cannot_lower_a_gate_threshold(airflow_db):
+    """The form offers no gate value, and a run whose conf sets one fails before any work (the
+    gate's thresholds live in params.yaml alone)."""
+    import importlib.util
+
+    dag = load_dag(REPO_ROOT / "dags")
+    assert not [key for key in dag.params if key.startswith("gate.")]
+    spec = importlib.util.spec_from_file_location(
+        "bookrec_dag_module", REPO_ROOT / "dags" / "bookrec_training.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.run_values({"train.lr": 0.001}) == {"train.lr": 0.001}
+    for lowered in (
+        {"gate.margin": 1.0},
+        {"gate.min_coverage": 0.0},
+        {"train.lr": 0.001, "gate.online_margin": 0.9},
+    ):
+        with pytest.raises(ValueError, match="gate thresholds live in params.yaml"):
+            module.run_values(lowered)
 
 
 @pytest.mark.slow

@@ -203,6 +203,8 @@ def test_monitoring_page_shows_the_served_lists(app):
     assert "production" in set(table["arm"]) and (table["impressions"] > 0).all()
     assert len(app.get("vega_lite_chart")) == 3
     assert any("is the first version" in c.value for c in app.caption)  # the data-drift section
+    # the A/B section reads experiment records only (dashboard lists are never an arm's evidence)
+    assert any("No A/B experiment recorded" in c.value for c in app.caption)
 
 
 def test_similar_books_page(app):

@@ -107,12 +107,15 @@ def test_ab_arms_follow_the_stable_hash_and_serve_the_challenger(project, servic
     try:
         for reader in readers:
             answer = httpx.get(f"{service.url}/recommendations/{reader}").json()
-            expected = arm_of(reader, ExperimentParams(**experiment))
+            expected = arm_of(reader, ExperimentParams(**experiment, mde=0.1, power=0.95))
             assert answer["arm"] == expected
             assert answer["model_version"] == ("2" if expected == "challenger" else "1")
             assert len(answer["books"]) == 10
             assert not checker.violations(reader, [b["isbn"] for b in answer["books"]], cap)
-        assert {arm_of(r, ExperimentParams(**experiment)) for r in readers} == {"production", "challenger"}
+        assert {arm_of(r, ExperimentParams(**experiment, mde=0.1, power=0.95)) for r in readers} == {
+            "production",
+            "challenger",
+        }
     finally:
         httpx.delete(f"{service.url}/admin/experiment", headers=service.auth)
 
@@ -176,6 +179,14 @@ def test_the_simulator_replays_test_readers_and_the_store_attributes_the_same_cl
     for arm, tally in arms.items():  # every click the simulator made is attributed to its list
         assert attributed[arm]["shown"] == tally["lists"]
         assert attributed[arm]["ctr"] == pytest.approx(tally["ctr"])
+        assert attributed[arm]["readers"] == tally["readers"]
+        assert attributed[arm]["ctr_low"] == pytest.approx(tally["ctr_low"])  # one interval function
+    # the replay was an experiment with a record and a planned size, judged readers as the unit
+    comparison, plan = result["comparison"], result["experiment"]
+    assert (plan["production_version"], plan["challenger_version"]) == ("1", "2")
+    assert comparison["production_lists"] == arms["production"]["lists"]
+    assert comparison["challenger_rate"] == pytest.approx(arms["challenger"]["ctr"])
+    assert not comparison["reached"] and "planned size not reached" in result["decision"]
     # the replay stays out of the live store (lists the module's own service served earlier may
     # still be on their way to it: only what was created since the replay started counts)
     assert live.count() == interactions_before
@@ -196,3 +207,24 @@ def test_each_registered_version_records_how_its_data_moved_from_production(proj
     moved = json.loads(second.tags["data_drift"])
     assert second.tags["data_drift_against"] == "1"  # production when v2 was registered
     assert moved["new_readers"] == moved["new_books"] == 0 and moved["rating_distribution_distance"] == 0
+
+
+def test_an_experiment_is_a_record_and_promote_refuses_before_its_planned_size(project, service):
+    feedback = FeedbackStore.for_root(project)
+    started = json.loads(run(["bookrec", "experiment", "set", "ab", "--baseline-ctr", "0.2"], project).stdout)
+    try:
+        assert (started["production_version"], started["challenger_version"]) == ("1", "2")
+        assert started["salt"] == started["id"] and started["planned_challenger"] > 100
+        assert store.read_setting(feedback, store.EXPERIMENT_KEY)["mode"] == "ab"
+        _wait_for(lambda: httpx.get(f"{service.url}/experiment").json()["salt"] == started["id"])
+        for reader in range(1000, 1020):
+            httpx.get(f"{service.url}/recommendations/{reader}")
+            httpx.get(f"{service.url}/books/1000000011/similar")  # never an arm's evidence
+        report = run(["bookrec", "experiment", "report"], project).stdout
+        assert f"experiment {started['id']}" in report and "planned size not reached" in report
+        refused = run(["bookrec", "experiment", "promote"], project, check=False)
+        assert refused.returncode == 1 and "no decision before the planned size" in refused.stderr
+    finally:
+        ended = json.loads(run(["bookrec", "experiment", "clear"], project).stdout)
+    assert ended["ended"] == started["id"]
+    assert started["id"] in run(["bookrec", "experiment", "list"], project).stdout

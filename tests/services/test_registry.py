@@ -17,6 +17,7 @@ import pytest
 from pipeline import io, stages
 from pipeline.config import Workspace
 from pipeline.ops import registry, tracking
+from pipeline.storage.secrets import api_token
 from tests.conftest import BIN, build_synthetic_project, free_port, mlflow_env, run
 
 pytestmark = pytest.mark.slow
@@ -144,9 +145,17 @@ def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client)
     refused = client.get_model_version(registry.MODEL_NAME, outcome["version"])
     assert refused.tags["gate"] == "refused" and "REFUSED" in refused.description
 
-    _retrain_as(project, seed=4, epochs=12)  # as good as production: passes within the tolerance
+    _retrain_as(project, seed=4, epochs=12)  # as good as production: non-inferior within the margin
     outcome = json.loads(run(["bookrec", "register"], project).stdout)
     assert outcome["gate"] == "passed", outcome["reasons"]
+    # the decision is recorded as structured tags: thresholds, references, differences, readers
+    tags = client.get_model_version(registry.MODEL_NAME, outcome["version"]).tags
+    assert json.loads(tags["gate.thresholds"])["margin"] == Workspace.load(project)[1].gate.margin
+    assert json.loads(tags["gate.references"])["production"] == production_before
+    compared = json.loads(tags["gate.comparisons"])
+    assert compared[0]["reference"] == production_before and compared[0]["ndcg"]["method"] == "paired t"
+    assert compared[0]["ndcg"]["low"] <= compared[0]["ndcg"]["estimate"] <= compared[0]["ndcg"]["high"]
+    assert int(tags["gate.readers"]) == compared[0]["ndcg"]["units"] > 0
     assert str(registry.production_version(client).version) == outcome["version"]
     aliases = client.get_registered_model(registry.MODEL_NAME).aliases
     assert str(aliases["previous"]) == production_before
@@ -156,8 +165,28 @@ def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client)
     assert str(client.get_registered_model(registry.MODEL_NAME).aliases["previous"]) == outcome["version"]
     listed = run(["bookrec", "registry", "list"], project).stdout
     assert "production" in listed and "previous" in listed
-    run(["bookrec", "registry", "promote", outcome["version"], "--reason", "back again"], project)
+    # promoting by hand overrides the gate: it needs the API token and a reason, both recorded
+    token = api_token(project)  # the deployment's token (made on first use, owner-only)
+    refused = run(
+        ["bookrec", "registry", "promote", outcome["version"], "--reason", "back again", "--token", "wrong"],
+        project,
+        check=False,
+    )
+    assert refused.returncode == 1 and "wrong API token" in refused.stderr
+    assert str(registry.production_version(client).version) == production_before
+    run(
+        ["bookrec", "registry", "promote", outcome["version"], "--reason", "back again", "--token", token],
+        project,
+    )
     assert str(registry.production_version(client).version) == outcome["version"]
+    last = registry.serving_history(client)[-1]
+    assert last["by"].startswith("gate override") and last["reason"] == "back again"
+    assert (
+        json.loads(client.get_model_version(registry.MODEL_NAME, outcome["version"]).tags["gate.override"])[
+            "reason"
+        ]
+        == "back again"
+    )
 
 
 def test_rollback_after_a_hand_move_of_the_alias_returns_to_what_served_before(project, client):
@@ -199,7 +228,11 @@ def test_faults_leave_production_where_it_was(project, client, tmp_path):
     with pytest.raises(BundleError, match="missing items.parquet"):
         load_bundle(broken)
     # promoting a version that does not exist
-    done = run(["bookrec", "registry", "promote", "999"], project, check=False)
+    done = run(
+        ["bookrec", "registry", "promote", "999", "--reason", "r", "--token", api_token(project)],
+        project,
+        check=False,
+    )
     assert done.returncode == 1 and "error:" in done.stderr
     assert str(registry.production_version(client).version) == production
 
