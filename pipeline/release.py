@@ -55,6 +55,7 @@ def gate_rules(ws: Workspace, params: Params) -> str:
             "one_per_work": True,
             "max_per_author": params.serve.max_per_author,
             "max_readers": params.evaluate.max_readers,
+            "max_scored_pairs": params.evaluate.max_scored_pairs,
             "readers_seed": params.evaluate.readers_seed,
         },
         sort_keys=True,
@@ -83,7 +84,7 @@ def rank_versions(ws: Workspace, params: Params, versions: list[str]) -> tuple[d
     items = io.read_parquet(ws.processed / "items.parquet")
 
     def ranked(name: str, recommender) -> Ranked:
-        top = data.lists(recommender, readers, K, batch_size=256)
+        top = data.lists(recommender, readers, K, batch_size=params.evaluate.batch_size)
         return Ranked(
             name,
             rules,
