@@ -118,6 +118,16 @@ class CandidateRows(NamedTuple):
     bias: torch.Tensor  # (B, C)
 
 
+def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """`table(ids)`, with gradients: the distinct ids' rows are looked up once and gathered, so the
+    table's sparse gradient holds one row per distinct id (a step's history lookups repeat rows by
+    the hundred thousand; a gradient row per lookup would cost more than the rows themselves)."""
+    if not torch.is_grad_enabled():
+        return table(ids)
+    distinct, position = torch.unique(ids, return_inverse=True)
+    return table(distinct)[position]
+
+
 class Tower(nn.Module):
     """Free id embedding + side-feature embeddings (+ weighted history) summed into one vector per row.
 
@@ -151,12 +161,12 @@ class Tower(nn.Module):
         self, ids: torch.Tensor, features: torch.Tensor | None, history: torch.Tensor | None = None
     ) -> torch.Tensor:
         if self.ids is not None:
-            vector = self.ids(ids)
+            vector = lookup(self.ids, ids)
         else:
             vector = torch.zeros((*ids.shape, self.dim), device=ids.device)
         if features is not None:
             for column, embedding in enumerate(self.features.values()):
-                vector = vector + embedding(features[..., column])
+                vector = vector + lookup(embedding, features[..., column])
         if history is not None:
             vector = vector + history
         return vector
