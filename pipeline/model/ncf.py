@@ -238,9 +238,12 @@ class NCF(nn.Module):
         ones = torch.arange(len(positives), device=flat.device)  # each positive is a bag of its own
         offsets = torch.cat([offsets, len(flat) - len(positives) + ones])
         scale = (rows.counts[users] - 1).clamp(min=1).float().pow(-self.config.history_alpha).unsqueeze(1)
+        # the bags read the distinct books' rows, each looked up once: the table's sparse gradient has
+        # a row per distinct book, not one per lookup
+        books, position = torch.unique(flat, return_inverse=True)
 
         def term(table: nn.Embedding) -> torch.Tensor:
-            bags = F.embedding_bag(flat, table.weight, offsets, mode="sum", sparse=True)
+            bags = F.embedding_bag(position, table(books), offsets, mode="sum")
             return (bags[inverse] - bags[len(distinct) :]) * scale
 
         return HistoryTerms(term(self.user_gmf.history), term(self.user_mlp.history))
