@@ -125,6 +125,8 @@ def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     if not torch.is_grad_enabled():
         return table(ids)
     distinct, position = torch.unique(ids, return_inverse=True)
+    if len(distinct) == len(ids):  # already distinct (a step's books): no gather needed
+        return table(ids)
     return table(distinct)[position]
 
 
