@@ -23,9 +23,11 @@ EMBEDDING_OPTIMIZERS = ("sparse_adam", "rowwise_adagrad")
 
 
 class LazyAdam(torch.optim.Optimizer):
-    """torch.optim.SparseAdam's algorithm (Adam whose moments and weights move at the rows of the
-    sparse gradient only; the step count and bias corrections are the table's), with each step's
-    touched rows gathered once, updated in place and written back."""
+    """torch.optim.SparseAdam's algorithm: Adam whose moments and weights move at the rows of the sparse
+    gradient only (the step count and bias corrections are the table's). On the CPU one compiled
+    pass over the touched rows (numba) updates moments and weights in place; torch's implementation
+    (and the same update as torch index operations) gathers and scatters every row several times,
+    which costs several times more than the step's forward and backward."""
 
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
@@ -44,26 +46,10 @@ class LazyAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(parameter)
                     state["exp_avg_sq"] = torch.zeros_like(parameter)
                 state["step"] += 1
-                moment = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
-                square = (
-                    state["exp_avg_sq"]
-                    .index_select(0, rows)
-                    .mul_(beta2)
-                    .addcmul_(values, values, value=1 - beta2)
-                )
-                state["exp_avg"].index_copy_(0, rows, moment)
-                state["exp_avg_sq"].index_copy_(0, rows, square)
                 step = state["step"]
                 size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                parameter.index_add_(0, rows, moment.div_(square.sqrt_().add_(group["eps"])), alpha=-size)
-
-
-def _rows_of(grad: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct rows of a sparse row gradient and their (summed) values."""
-    if not grad.is_sparse:
-        raise ValueError(f"{name} takes the sparse gradients of embedding tables")
-    grad = grad.coalesce()
-    return grad.indices()[0], grad.values()
+                tables = (parameter, state["exp_avg"], state["exp_avg_sq"])
+                _lazy_adam_rows(*tables, rows, values, beta1, beta2, group["eps"], size)
 
 
 class RowwiseAdagrad(torch.optim.Optimizer):
@@ -84,9 +70,40 @@ class RowwiseAdagrad(torch.optim.Optimizer):
                 state = self.state[parameter]
                 if "sum" not in state:
                     state["sum"] = parameter.new_zeros(parameter.shape[0])
-                state["sum"].index_add_(0, rows, values.pow(2).mean(dim=1))
-                scale = state["sum"][rows].sqrt_().add_(group["eps"])
-                parameter.index_add_(0, rows, values / scale.unsqueeze(1), alpha=-group["lr"])
+                accumulated = state["sum"].index_select(0, rows).add_(values.pow(2).mean(dim=1))
+                state["sum"].index_copy_(0, rows, accumulated)
+                moved = parameter.index_select(0, rows)
+                moved.addcdiv_(
+                    values, accumulated.sqrt_().add_(group["eps"]).unsqueeze(1), value=-group["lr"]
+                )
+                parameter.index_copy_(0, rows, moved)
+
+
+def _rows_of(grad: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of a sparse row gradient and their (summed) values."""
+    if not grad.is_sparse:
+        raise ValueError(f"{name} takes the sparse gradients of embedding tables")
+    grad = grad.coalesce()
+    return grad.indices()[0], grad.values()
+
+
+def _lazy_adam_rows(weights, exp_avg, exp_avg_sq, rows, values, beta1, beta2, eps, size) -> None:
+    """Adam's update of `rows` of the three tables, in place."""
+    if weights.device.type == "cpu" and weights.dtype == torch.float32:
+        import numba
+
+        from pipeline.model.kernels import lazy_adam_rows
+
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        arrays = (t.detach().numpy() for t in (weights, exp_avg, exp_avg_sq))
+        lazy_adam_rows(*arrays, rows.numpy(), values.contiguous().numpy(), beta1, beta2, eps, size)
+        return
+    moment = exp_avg.index_select(0, rows).lerp_(values, 1 - beta1)
+    square = exp_avg_sq.index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
+    exp_avg.index_copy_(0, rows, moment)
+    exp_avg_sq.index_copy_(0, rows, square)
+    moved = weights.index_select(0, rows).addcdiv_(moment, square.sqrt_().add_(eps), value=-size)
+    weights.index_copy_(0, rows, moved)
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]]:
