@@ -9,6 +9,10 @@ import math
 import numba
 import numpy as np
 
+# numba's own thread pool: its OpenMP layer would bring a second OpenMP runtime beside torch's, whose
+# idle threads spin and slowed the rest of the step several times over
+numba.config.THREADING_LAYER = "workqueue"
+
 
 @numba.njit(parallel=True, cache=True)
 def lazy_adam_rows(
