@@ -118,6 +118,28 @@ class CandidateRows(NamedTuple):
     bias: torch.Tensor  # (B, C)
 
 
+class _DistinctRows(torch.autograd.Function):
+    """`weight[rows]` for sorted, distinct `rows`; its gradient is the sparse (rows, grad) pair, built
+    coalesced as it is (an embedding's own sparse gradient is marked uncoalesced and sorted again)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        ctx.shape = weight.shape
+        return weight.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rows,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.shape, is_coalesced=True), None
+
+
+def distinct_rows(table: nn.Embedding, rows: torch.Tensor) -> torch.Tensor:
+    """The rows of `table` at sorted, distinct `rows` (torch.unique's output), with a sparse gradient
+    of one row each."""
+    return _DistinctRows.apply(table.weight, rows)
+
+
 def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """`table(ids)`, with gradients: the distinct ids' rows are looked up once and gathered, so the
     table's sparse gradient holds one row per distinct id (a step's history lookups repeat rows by
@@ -125,9 +147,8 @@ def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     if not torch.is_grad_enabled():
         return table(ids)
     distinct, position = torch.unique(ids, return_inverse=True)
-    if len(distinct) == len(ids):  # already distinct (a step's books): no gather needed
-        return table(ids)
-    return table(distinct)[position]
+    rows = distinct_rows(table, distinct)
+    return rows if torch.equal(distinct, ids) else rows[position]
 
 
 class Tower(nn.Module):
@@ -245,7 +266,7 @@ class NCF(nn.Module):
         books, position = torch.unique(flat, return_inverse=True)
 
         def term(table: nn.Embedding) -> torch.Tensor:
-            bags = F.embedding_bag(position, table(books), offsets, mode="sum")
+            bags = F.embedding_bag(position, distinct_rows(table, books), offsets, mode="sum")
             return (bags[inverse] - bags[len(distinct) :]) * scale
 
         return HistoryTerms(term(self.user_gmf.history), term(self.user_mlp.history))
