@@ -80,11 +80,16 @@ class RowwiseAdagrad(torch.optim.Optimizer):
 
 
 def _rows_of(grad: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct rows of a sparse row gradient and their (summed) values."""
+    """The distinct rows of a sparse row gradient and their (summed) values. A step's gradients come
+    with their rows sorted and distinct, but autograd's accumulation drops the coalesced mark: one
+    pass that checks the order spares a sort and a copy of the values."""
     if not grad.is_sparse:
         raise ValueError(f"{name} takes the sparse gradients of embedding tables")
-    grad = grad.coalesce()
-    return grad.indices()[0], grad.values()
+    rows = grad._indices()[0]
+    if not grad.is_coalesced() and not bool((rows[1:] > rows[:-1]).all()):
+        grad = grad.coalesce()
+        rows = grad._indices()[0]
+    return rows, grad._values()
 
 
 def _lazy_adam_rows(weights, exp_avg, exp_avg_sq, rows, values, beta1, beta2, eps, size) -> None:
