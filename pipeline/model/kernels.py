@@ -4,8 +4,6 @@ CPU only (serving never needs numba); compiled once per machine and cached besid
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
