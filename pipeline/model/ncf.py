@@ -140,22 +140,51 @@ def distinct_rows(table: nn.Embedding, rows: torch.Tensor) -> torch.Tensor:
     return _DistinctRows.apply(table.weight, rows)
 
 
-def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-    """`table(ids)`, with gradients: the distinct ids' rows are looked up once and gathered, so the
-    table's sparse gradient holds one row per distinct id (a step's history lookups repeat rows by
-    the hundred thousand; a gradient row per lookup would cost more than the rows themselves)."""
-    if not torch.is_grad_enabled():
-        return table(ids)
-    distinct, position = torch.unique(ids, return_inverse=True)
-    rows = distinct_rows(table, distinct)
-    return rows if torch.equal(distinct, ids) else rows[position]
+class Distinct(NamedTuple):
+    """Ids as their sorted distinct values and each id's place among them (None: the ids are the
+    distinct values themselves, as a step's books are)."""
+
+    values: torch.Tensor
+    position: torch.Tensor | None
+
+    @classmethod
+    def of(cls, ids: torch.Tensor) -> Distinct:
+        distinct, position = torch.unique(ids, return_inverse=True)
+        return cls(distinct, None if torch.equal(distinct, ids) else position)
+
+    def places(self) -> torch.Tensor:
+        return (
+            torch.arange(len(self.values), device=self.values.device)
+            if self.position is None
+            else self.position
+        )
+
+
+class TowerKeys(NamedTuple):
+    """The distinct ids of a tower's lookups (its own ids and each side-feature column), found once per
+    step and shared by the GMF and MLP towers: each table is read, and gets a gradient, once per
+    distinct row (a step's lookups repeat rows by the hundred thousand)."""
+
+    ids: Distinct
+    features: tuple[Distinct, ...]
+
+    @classmethod
+    def of(cls, ids: torch.Tensor, features: torch.Tensor | None) -> TowerKeys:
+        columns = () if features is None else tuple(Distinct.of(c) for c in features.unbind(-1))
+        return cls(Distinct.of(ids), columns)
+
+
+def gathered(table: nn.Embedding, key: Distinct) -> torch.Tensor:
+    rows = distinct_rows(table, key.values)
+    return rows if key.position is None else rows[key.position]
 
 
 class Tower(nn.Module):
     """Free id embedding + side-feature embeddings (+ weighted history) summed into one vector per row.
 
-    Every table gives sparse gradients (`sparse=True`): a training step touches a few thousand rows of
-    tables that may hold millions, and only those rows' gradients exist (see `pipeline.model.train`)."""
+    In training (`keys` given) every table is read once per distinct row and gets a sparse gradient
+    of those rows only (see `pipeline.model.train`); the side features are summed by one
+    EmbeddingBag over the distinct rows of their tables side by side."""
 
     def __init__(
         self,
@@ -181,18 +210,35 @@ class Tower(nn.Module):
         self.dim = dim
 
     def forward(
-        self, ids: torch.Tensor, features: torch.Tensor | None, history: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        features: torch.Tensor | None,
+        history: torch.Tensor | None = None,
+        keys: TowerKeys | None = None,
     ) -> torch.Tensor:
-        if self.ids is not None:
-            vector = lookup(self.ids, ids)
-        else:
+        if self.ids is None:
             vector = torch.zeros((*ids.shape, self.dim), device=ids.device)
-        if features is not None:
-            for column, embedding in enumerate(self.features.values()):
-                vector = vector + lookup(embedding, features[..., column])
+        else:
+            vector = self.ids(ids) if keys is None else gathered(self.ids, keys.ids)
+        if features is not None and len(self.features):
+            vector = vector + (self._features(features) if keys is None else self._distinct_features(keys))
         if history is not None:
             vector = vector + history
         return vector
+
+    def _features(self, features: torch.Tensor) -> torch.Tensor:
+        tables = list(self.features.values())
+        return sum(table(features[..., column]) for column, table in enumerate(tables))
+
+    def _distinct_features(self, keys: TowerKeys) -> torch.Tensor:
+        rows = [
+            distinct_rows(table, key.values)
+            for table, key in zip(self.features.values(), keys.features, strict=True)
+        ]
+        starts = torch.tensor([0, *(len(r) for r in rows[:-1])], device=rows[0].device).cumsum(0)
+        bags = torch.stack([key.places() for key in keys.features], dim=-1) + starts  # (..., features)
+        summed = F.embedding_bag(bags.reshape(-1, len(rows)), torch.cat(rows), mode="sum")
+        return summed.view(*bags.shape[:-1], self.dim)
 
 
 class NCF(nn.Module):
@@ -277,18 +323,26 @@ class NCF(nn.Module):
         """`users` may hold n_users (the unknown-user id) for cold-start readers."""
         if not self.config.use_side_features:
             features = None
+        keys = TowerKeys.of(users, features) if torch.is_grad_enabled() else None
         return UserVectors(
-            self.user_gmf(users, features, history.gmf if history else None),
-            self.user_mlp(users, features, history.mlp if history else None),
+            self.user_gmf(users, features, history.gmf if history else None, keys),
+            self.user_mlp(users, features, history.mlp if history else None, keys),
         )
 
     def item_vectors(self, items: torch.Tensor, features: torch.Tensor | None) -> ItemVectors:
         if not self.config.use_side_features:
             features = None
+        if not torch.is_grad_enabled():
+            return ItemVectors(
+                self.item_gmf(items, features),
+                self.item_mlp(items, features),
+                self.item_bias(items).squeeze(-1),
+            )
+        keys = TowerKeys.of(items, features)
         return ItemVectors(
-            self.item_gmf(items, features, None),
-            self.item_mlp(items, features, None),
-            self.item_bias(items).squeeze(-1),
+            self.item_gmf(items, features, None, keys),
+            self.item_mlp(items, features, None, keys),
+            gathered(self.item_bias, keys.ids).squeeze(-1),
         )
 
     # -- scoring ----------------------------------------------------------------------------------
