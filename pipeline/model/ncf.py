@@ -295,9 +295,9 @@ class NCF(nn.Module):
         """History terms for training rows (user, positive), each with its own positive left out of the
         user's history, so that the model cannot learn to find an item in its own user's history.
 
-        Only the batch's distinct readers are summed (one EmbeddingBag per tower over their rows of
-        the training matrix, then each positive alone as its own bag): the cost and the (sparse)
-        gradient follow the batch's histories, never the catalog.
+        Only the batch's distinct readers are summed (one EmbeddingBag over their rows of the training
+        matrix, then each positive alone as its own bag): the cost and the (sparse) gradient follow
+        the batch's histories, never the catalog.
         """
         if not self.config.use_history:
             return None
@@ -307,15 +307,14 @@ class NCF(nn.Module):
         ones = torch.arange(len(positives), device=flat.device)  # each positive is a bag of its own
         offsets = torch.cat([offsets, len(flat) - len(positives) + ones])
         scale = (rows.counts[users] - 1).clamp(min=1).float().pow(-self.config.history_alpha).unsqueeze(1)
-        # the bags read the distinct books' rows, each looked up once: the table's sparse gradient has
-        # a row per distinct book, not one per lookup
+        # the bags read the distinct books' rows, each looked up once (the tables' sparse gradients
+        # have a row per distinct book), of both towers side by side (one pass, one sort backwards)
         books, position = torch.unique(flat, return_inverse=True)
-
-        def term(table: nn.Embedding) -> torch.Tensor:
-            bags = F.embedding_bag(position, distinct_rows(table, books), offsets, mode="sum")
-            return (bags[inverse] - bags[len(distinct) :]) * scale
-
-        return HistoryTerms(term(self.user_gmf.history), term(self.user_mlp.history))
+        towers = (self.user_gmf.history, self.user_mlp.history)
+        read = torch.cat([distinct_rows(table, books) for table in towers], dim=1)
+        bags = F.embedding_bag(position, read, offsets, mode="sum")
+        terms = (bags[inverse] - bags[len(distinct) :]) * scale
+        return HistoryTerms(*terms.split([self.config.gmf_dim, self.config.mlp_dim], dim=1))
 
     def user_vectors(
         self, users: torch.Tensor, features: torch.Tensor | None, history: HistoryTerms | None
