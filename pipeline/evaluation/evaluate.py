@@ -220,6 +220,7 @@ class ModelReport:
     cohorts: dict[str, dict[str, dict[str, float]]]  # slicing -> group -> metrics
     popularity_deciles: list[float]  # share of recommendations per item popularity decile (1 = least popular)
     seconds: dict[str, float]
+    tuning: dict = field(default_factory=dict)  # a tuned baseline's record (evaluation/tuning.py)
 
     def as_dict(self) -> dict:
         return {
@@ -228,7 +229,7 @@ class ModelReport:
             "popularity_deciles": self.popularity_deciles,
             "seconds": self.seconds,
             "curve": self.curve.to_dict(orient="list"),
-        }
+        } | ({"tuning": self.tuning} if self.tuning else {})
 
     @classmethod
     def from_dict(cls, name: str, data: dict) -> ModelReport:
@@ -239,6 +240,7 @@ class ModelReport:
             data["cohorts"],
             data["popularity_deciles"],
             data["seconds"],
+            data.get("tuning", {}),
         )
 
 
