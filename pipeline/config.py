@@ -151,6 +151,7 @@ class EvaluateParams(Section):
     processes: int = Field(ge=0)
     max_readers: int = Field(ge=0)
     readers_seed: int
+    tuning_readers: int = Field(ge=0)
     cohort_top_countries: int = Field(ge=0)
     two_stage: bool
     random: RandomParams

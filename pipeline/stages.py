@@ -260,7 +260,7 @@ def baselines(ws: Workspace, params: Params) -> dict:
     stage, depending on the data and the baselines' params only, so that a new NCF never evaluates them
     again; `evaluate` reads what it wrote."""
     from pipeline.evaluation.baselines import Unaffordable, baseline_grid, make_baseline
-    from pipeline.evaluation.tuning import tune
+    from pipeline.evaluation.tuning import tune, tuning_readers
 
     settings = params.evaluate
     data = evaluation_data(ws, params, "test", user_cohorts(ws, settings.cohort_top_countries))
@@ -270,13 +270,14 @@ def baselines(ws: Workspace, params: Params) -> dict:
         model = make_baseline(name, **options).fit(data.train)
         reports[name] = _test_report(model, data, settings, time.perf_counter() - started)
     validation = evaluation_data(ws, params, "validation")
+    choosers = tuning_readers(validation, settings.tuning_readers, settings.readers_seed)
     for name, grid in settings.tuned_baselines().items():
         try:
             candidates = baseline_grid(name, validation.train, **grid)
         except Unaffordable as reason:
             skipped[name] = str(reason)
             continue
-        tuned = tune(candidates, validation)
+        tuned = tune(candidates, validation, choosers, settings.batch_size)
         record = tuned.record()
         report = _test_report(tuned.model, data, settings, record["seconds"]["fit"])
         reports[name] = report | {"tuning": record}

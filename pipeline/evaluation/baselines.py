@@ -177,7 +177,7 @@ class RP3betaRecommender(SimilarityRecommender):
                     yield {"alpha": alpha_value, "beta": beta_value, "neighbours": count}, model
 
 
-SIMILARITY_BLOCK = 1 << 24  # dense walk probabilities computed at a time (64 MiB of float32)
+SIMILARITY_BLOCK = 1 << 22  # walk entries (sparse) or padded top-k candidates held at a time
 
 
 def transition(matrix: sp.csr_matrix, alpha: float) -> sp.csr_matrix:
@@ -192,39 +192,74 @@ def rp3beta_similarities(
     train: sp.csr_matrix, alpha: float, betas: Sequence[float], neighbours: int
 ) -> dict[float, sp.csr_matrix]:
     """For each beta: W[i, j] = sum over readers u of P(i -> u) P(u -> j) / popularity(j) ** beta, the
-    diagonal zeroed, the `neighbours` largest entries of each row kept (sparse: never items x items
-    dense, a block of rows at a time)."""
+    diagonal zeroed, the `neighbours` largest entries of each row kept. The walk is computed sparse, for
+    a block of books at a time whose walks hold at most SIMILARITY_BLOCK entries: memory and time follow
+    the co-reading pairs, never books x books."""
     readers_of = binary(train).T.tocsr()  # items x readers
     item_to_reader = transition(readers_of, alpha)
     reader_to_item = transition(binary(train), alpha)
-    n_items = train.shape[1]
     popularity = np.diff(readers_of.indptr).astype(np.float64)
     penalties = {
         beta: np.where(popularity > 0, np.maximum(popularity, 1) ** -beta, 0).astype(np.float32)
         for beta in betas
     }
-    kept = {beta: [] for beta in betas}
-    block = max(1, SIMILARITY_BLOCK // max(n_items, 1))
-    for start in range(0, n_items, block):
-        rows = np.arange(start, min(start + block, n_items))
-        walk = (item_to_reader[rows] @ reader_to_item).toarray()
-        walk[np.arange(len(rows)), rows] = 0.0
+    # a bound on the length of each book's walk: its readers' reading counts, summed
+    bound = readers_of @ np.diff(reader_to_item.indptr).astype(np.int64)
+    kept: dict[float, list[sp.csr_matrix]] = {beta: [] for beta in betas}
+    for start, end in contiguous_blocks(bound, SIMILARITY_BLOCK):
+        walk = (item_to_reader[start:end] @ reader_to_item).tocsr()
+        rows = np.repeat(np.arange(start, end), np.diff(walk.indptr))
+        walk.data[walk.indices == rows] = 0.0  # a book is not its own neighbour
         for beta, penalty in penalties.items():
-            kept[beta].append(best_entries(walk * penalty, neighbours))
+            scaled = sp.csr_matrix((walk.data * penalty[walk.indices], walk.indices, walk.indptr), walk.shape)
+            kept[beta].append(largest_per_row(scaled, neighbours))
     return {beta: sp.vstack(parts, format="csr") for beta, parts in kept.items()}
 
 
-def best_entries(dense: np.ndarray, k: int) -> sp.csr_matrix:
-    """The `k` largest positive entries of each row of `dense`, as CSR (among entries tied at the k-th
-    place, torch's partial sort picks: one pass over the block, where a column-order rule would cost
-    four)."""
+def contiguous_blocks(sizes: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
+    """[start, end) ranges covering `sizes` in order, each summing to at most `budget` (or one row)."""
+    start, total = 0, np.cumsum(sizes)
+    while start < len(sizes):
+        before = total[start - 1] if start else 0
+        end = max(start + 1, int(np.searchsorted(total, before + budget, side="right")))
+        yield start, end
+        start = end
+
+
+def largest_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """The `k` largest positive entries of each row (among entries tied at the k-th place, torch's
+    partial sort picks). Rows are taken shortest first, padded with -inf to the longest of a group of
+    at most SIMILARITY_BLOCK candidates, so the work follows the entries, not the columns."""
     import torch
 
-    values, columns = torch.topk(torch.from_numpy(dense), min(k, dense.shape[1]), dim=1, sorted=False)
-    values, columns = values.numpy(), columns.numpy()
-    positive = values > 0
-    rows = np.repeat(np.arange(len(dense)), positive.sum(axis=1))
-    return sp.csr_matrix((values[positive], (rows, columns[positive])), shape=dense.shape, dtype=np.float32)
+    lengths = np.diff(matrix.indptr)
+    order = np.argsort(lengths, kind="stable")
+    rows, columns, values = [], [], []
+    start = 0
+    while start < len(order):
+        # rows of similar length together: a group's padding is set by its last (longest) row
+        window = lengths[order[start : start + SIMILARITY_BLOCK // max(lengths[order[start]], 1) + 1]]
+        end = start + max(1, int(np.sum(np.arange(1, len(window) + 1) * window <= SIMILARITY_BLOCK)))
+        group = order[start:end]
+        width = int(lengths[group].max(initial=0))
+        if width:
+            part = matrix[group]
+            offsets = np.arange(part.nnz) - np.repeat(part.indptr[:-1], np.diff(part.indptr))
+            line = np.repeat(np.arange(len(group)), np.diff(part.indptr))
+            padded = np.full((len(group), width), -np.inf, dtype=np.float32)
+            padded[line, offsets] = part.data
+            best, at = torch.topk(torch.from_numpy(padded), min(k, width), dim=1, sorted=False)
+            best, at = best.numpy(), at.numpy()
+            keep = best > 0
+            where = np.repeat(np.arange(len(group)), keep.sum(axis=1))
+            rows.append(group[where])
+            columns.append(part.indices[part.indptr[where] + at[keep]])
+            values.append(best[keep])
+        start = end
+    if not rows:
+        return sp.csr_matrix(matrix.shape, dtype=np.float32)
+    triples = (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns)))
+    return sp.csr_matrix(triples, shape=matrix.shape, dtype=np.float32)
 
 
 class EASERecommender(Recommender):

@@ -17,7 +17,6 @@ from pipeline.evaluation.evaluate import EvaluationData
 from pipeline.model.recommender import Recommender
 
 TUNING_K = 10  # the cut-off whose NDCG chooses (NDCG@10, the project's headline figure)
-TUNING_BATCH = 512  # readers scored at a time: smaller batches than the test's rank faster here
 
 
 @dataclass(frozen=True)
@@ -59,13 +58,26 @@ def list_metrics(top: np.ndarray, data: EvaluationData, users: np.ndarray, k: in
     )
 
 
-def tune(
-    candidates: Iterable[tuple[dict, Recommender]], validation: EvaluationData, batch_size: int = TUNING_BATCH
-) -> Tuned:
-    """The best of `candidates` (hyperparameters, model fitted on train) by NDCG@10 of the validation
-    readers' lists; ties go to the earlier point. Candidates are taken one at a time (a grid may
-    fit them lazily, sharing work), and only the best so far is kept in memory."""
+def tuning_readers(validation: EvaluationData, count: int, seed: int) -> np.ndarray:
+    """The validation readers that choose: a seeded sample of `count` of those with held-out books
+    (0: all of them), in index order."""
     users = validation.users_with_truth()
+    if count and count < len(users):
+        users = np.sort(np.random.default_rng(seed).choice(users, count, replace=False))
+    return users
+
+
+def tune(
+    candidates: Iterable[tuple[dict, Recommender]],
+    validation: EvaluationData,
+    users: np.ndarray | None = None,
+    batch_size: int = 512,
+) -> Tuned:
+    """The best of `candidates` (hyperparameters, model fitted on train) by NDCG@10 of the lists of
+    the validation `users` (default: all with held-out books); ties go to the earlier point.
+    Candidates are taken one at a time (a grid may fit them lazily, sharing work), and only the best
+    so far is kept in memory."""
+    users = validation.users_with_truth() if users is None else np.asarray(users, dtype=np.int64)
     if not len(users):
         raise ValueError("tuning needs validation readers with held-out books; the validation split has none")
     points: list[GridPoint] = []

@@ -60,21 +60,23 @@ def test_rp3beta_keeps_each_books_best_neighbours():
     assert np.flatnonzero(penalised[2]).tolist() == [3]
 
 
-def test_rp3beta_never_forms_a_dense_items_by_items_matrix(monkeypatch):
+def test_rp3beta_walks_a_block_of_books_at_a_time_and_keeps_only_their_neighbours(monkeypatch):
     from pipeline.evaluation import baselines
 
     reads = sp.random(300, 500, density=0.03, random_state=1, format="csr", dtype=np.float32)
     reads.data[:] = 1.0
     whole = RP3betaRecommender(0.8, 0.4, 20).fit(reads).similarity
-    dense_shapes = []
-    best_entries = baselines.best_entries
-    monkeypatch.setattr(baselines, "SIMILARITY_BLOCK", 7 * 500)  # 7 books' walks at a time
+    blocks = []
+    contiguous_blocks = baselines.contiguous_blocks
+    monkeypatch.setattr(baselines, "SIMILARITY_BLOCK", 400)  # walk entries (and padded candidates) at a time
     monkeypatch.setattr(
-        baselines, "best_entries", lambda d, k: dense_shapes.append(d.shape) or best_entries(d, k)
+        baselines,
+        "contiguous_blocks",
+        lambda sizes, budget: blocks.extend(contiguous_blocks(sizes, budget)) or blocks,
     )
     blocked = RP3betaRecommender(0.8, 0.4, 20).fit(reads).similarity
-    assert max(shape[0] for shape in dense_shapes) == 7 and sum(shape[0] for shape in dense_shapes) == 500
-    assert abs(whole - blocked).max() == 0 and np.diff(blocked.indptr).max() == 20
+    assert len(blocks) > 20 and max(end - start for start, end in blocks) < 500 / 10
+    assert row_values(blocked) == row_values(whole) and np.diff(blocked.indptr).max() == 20
 
 
 @pytest.mark.parametrize("shape", [(30, 50), (50, 30)])  # fewer readers than books (Woodbury), and more
@@ -178,6 +180,18 @@ def test_tuning_picks_the_best_point_on_validation_never_on_test():
     by_point = {p["values"]["favourite"]: p["metrics"]["ndcg"] for p in record["grid"]}
     assert by_point[5] == pytest.approx(1.0) and by_point[7] < 1.0  # 7 is test's book: never chosen
     assert record["validation"]["ndcg"] == pytest.approx(1.0) and record["readers"] == 40
+
+
+def test_tuning_ranks_only_the_sampled_validation_readers():
+    from pipeline.evaluation.tuning import tuning_readers
+
+    data = known_case(n_users=40)
+    sample = tuning_readers(data["validation"], 10, seed=3)
+    assert len(sample) == 10 and (np.diff(sample) > 0).all()
+    assert sample.tolist() == tuning_readers(data["validation"], 10, seed=3).tolist()
+    assert len(tuning_readers(data["validation"], 0, seed=3)) == 40
+    grid = [({"favourite": f}, Favourite(f, 12).fit(data["validation"].train)) for f in (7, 5)]
+    assert tune(iter(grid), data["validation"], sample).readers == 10
 
 
 def test_tuning_keeps_the_earlier_of_tied_points():
