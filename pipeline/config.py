@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -98,6 +98,40 @@ class NeighbourhoodParams(BM25KNNParams):
         return self
 
 
+PositiveFloat = Annotated[float, Field(gt=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=1)]
+
+
+class GridSection(Section):
+    """A baseline's grid: each key a list of values; every combination is fitted on train and the best
+    on validation kept (pipeline/evaluation/tuning.py)."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> GridSection:
+        for name, values in self:
+            if isinstance(values, tuple) and len(set(values)) != len(values):
+                raise ValueError(f"{name}: a grid lists each value once")
+        return self
+
+
+class BM25GridParams(GridSection):
+    k1: tuple[PositiveFloat, ...] = Field(min_length=1)
+    b: tuple[Share, ...] = Field(min_length=1)
+    neighbours: tuple[Count, ...] = Field(min_length=1)
+
+
+class RP3betaGridParams(GridSection):
+    alpha: tuple[PositiveFloat, ...] = Field(min_length=1)
+    beta: tuple[Annotated[float, Field(ge=0)], ...] = Field(min_length=1)
+    neighbours: tuple[Count, ...] = Field(min_length=1)
+
+
+class EASEGridParams(GridSection):
+    l2: tuple[PositiveFloat, ...] = Field(min_length=1)
+    max_gib: float = Field(gt=0)
+
+
 class CosineKNNParams(Section):
     neighbours: int = Field(ge=1)
 
@@ -118,23 +152,33 @@ class EvaluateParams(Section):
     max_readers: int = Field(ge=0)
     max_scored_pairs: int = Field(ge=0)
     readers_seed: int
+    tuning_readers: int = Field(ge=0)
     cohort_top_countries: int = Field(ge=0)
     two_stage: bool
     random: RandomParams
     itemknn_bm25: BM25KNNParams
-    itemknn_bm25_tuned: BM25KNNParams
+    itemknn_bm25_tuned: BM25GridParams
     itemknn_cosine: CosineKNNParams
     als: ALSParams
+    rp3beta: RP3betaGridParams
+    ease: EASEGridParams
 
     def baselines(self) -> dict[str, dict]:
-        """Baseline name -> constructor options, in the order they are reported."""
+        """Baselines with fixed values: name -> constructor options, in the order they are reported."""
         return {
             "random": self.random.model_dump(),
             "popularity": {},
             "itemknn_cosine": self.itemknn_cosine.model_dump(),
             "itemknn_bm25": self.itemknn_bm25.model_dump(),
-            "itemknn_bm25_tuned": self.itemknn_bm25_tuned.model_dump(),
             "als": self.als.model_dump(),
+        }
+
+    def tuned_baselines(self) -> dict[str, dict]:
+        """Baselines tuned on validation: name -> grid options, in the order they are reported."""
+        return {
+            "itemknn_bm25_tuned": self.itemknn_bm25_tuned.model_dump(),
+            "rp3beta": self.rp3beta.model_dump(),
+            "ease": self.ease.model_dump(),
         }
 
 

@@ -27,6 +27,7 @@ from pipeline.schemas import (
 )
 
 BASELINES_REPORT = "baselines.json"  # below paths.reports: every baseline's full report, for stage evaluate
+BASELINES_SKIPPED = "baselines_skipped.json"  # below paths.reports: baseline -> why it was out of reach
 
 
 def ingest(ws: Workspace, params: Params) -> dict:
@@ -268,22 +269,43 @@ def _save_model(
 
 def baselines(ws: Workspace, params: Params) -> dict:
     """Stage baselines: every baseline fitted on train and ranked over the full catalog on the test
-    split. Its own stage, depending on the data and the baselines' params only, so that a new NCF never
-    evaluates them again; `evaluate` reads what it wrote."""
-    from pipeline.evaluation.baselines import make_baseline
-    from pipeline.evaluation.evaluate import evaluate as evaluate_model
+    split; the tuned ones (ItemKNN BM25, RP3beta, EASE) first choose their values on validation, and a
+    baseline that the catalog puts out of reach is skipped, saying why (baselines_skipped.json). Its own
+    stage, depending on the data and the baselines' params only, so that a new NCF never evaluates them
+    again; `evaluate` reads what it wrote."""
+    from pipeline.evaluation.baselines import Unaffordable, baseline_grid, make_baseline
+    from pipeline.evaluation.tuning import tune, tuning_readers
 
     settings = params.evaluate
     data = evaluation_data(ws, params, "test", user_cohorts(ws, settings.cohort_top_countries))
-    reports = {}
+    reports, skipped = {}, {}
     for name, options in settings.baselines().items():
+        started = time.perf_counter()
         model = make_baseline(name, **options).fit(data.train)
-        report = evaluate_model(
-            model, data, settings.ks, settings.curve_max_k, batch_size=settings.batch_size
-        )
-        reports[name] = report.as_dict()
+        reports[name] = _test_report(model, data, settings, time.perf_counter() - started)
+    validation = evaluation_data(ws, params, "validation")
+    choosers = tuning_readers(validation, settings.tuning_readers, settings.readers_seed)
+    for name, grid in settings.tuned_baselines().items():
+        try:
+            candidates = baseline_grid(name, validation.train, **grid)
+        except Unaffordable as reason:
+            skipped[name] = str(reason)
+            continue
+        tuned = tune(candidates, validation, choosers, settings.batch_size)
+        record = tuned.record()
+        report = _test_report(tuned.model, data, settings, record["seconds"]["fit"])
+        reports[name] = report | {"tuning": record}
     io.write_json(reports, ws.reports / BASELINES_REPORT)
-    return {name: report["metrics"] for name, report in reports.items()}
+    io.write_json(skipped, ws.reports / BASELINES_SKIPPED)
+    return {name: report["metrics"] for name, report in reports.items()} | {"skipped": skipped}
+
+
+def _test_report(model, data: EvaluationData, settings, fit_seconds: float) -> dict:
+    """A fitted baseline's full report on the test split, with its fit time (a tuned one's: the grid's)."""
+    from pipeline.evaluation.evaluate import evaluate as evaluate_model
+
+    report = evaluate_model(model, data, settings.ks, settings.curve_max_k, batch_size=settings.batch_size)
+    return report.as_dict() | {"seconds": report.seconds | {"fit": round(fit_seconds, 3)}}
 
 
 def evaluate(ws: Workspace, params: Params) -> dict:

@@ -257,6 +257,7 @@ class ModelReport:
     popularity_deciles: list[float]  # share of recommendations per item popularity decile (1 = least popular)
     seconds: dict[str, float]
     readers: dict = field(default_factory=dict)  # EvaluationData.sample_note(): who was ranked
+    tuning: dict = field(default_factory=dict)  # a tuned baseline's record (evaluation/tuning.py)
 
     def as_dict(self) -> dict:
         return {
@@ -266,7 +267,7 @@ class ModelReport:
             "seconds": self.seconds,
             "readers": self.readers,
             "curve": self.curve.to_dict(orient="list"),
-        }
+        } | ({"tuning": self.tuning} if self.tuning else {})
 
     @classmethod
     def from_dict(cls, name: str, data: dict) -> ModelReport:
@@ -278,6 +279,7 @@ class ModelReport:
             data["popularity_deciles"],
             data["seconds"],
             data.get("readers", {}),
+            data.get("tuning", {}),
         )
 
 

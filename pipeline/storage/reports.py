@@ -8,6 +8,7 @@ import pandas as pd
 
 from pipeline import io
 from pipeline.evaluation.evaluate import ModelReport
+from pipeline.evaluation.tuning import flat_record
 
 TABLE_METRICS = (
     "ndcg",
@@ -23,13 +24,16 @@ TABLE_METRICS = (
 
 
 def metrics_document(reports: dict[str, ModelReport]) -> dict:
-    """reports/metrics.json: model -> "ndcg@10" style keys, for `dvc metrics show` and diff."""
+    """reports/metrics.json: model -> "ndcg@10" style keys, for `dvc metrics show` and diff; a baseline
+    tuned on validation adds its chosen values and every grid point's validation NDCG@10."""
     document: dict[str, dict[str, float]] = {}
     for name, report in reports.items():
         flat: dict[str, float] = {}
         for cutoff, values in report.metrics.items():
             for metric, value in values.items():
                 flat[f"{metric}{cutoff}"] = round(float(value), 6)
+        if report.tuning:
+            flat |= {key: round(value, 6) for key, value in flat_record(report.tuning).items()}
         document[name] = flat
     return document
 

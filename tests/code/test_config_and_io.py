@@ -34,6 +34,18 @@ def _write_params(tmp_path: Path, mutate) -> Path:
         (lambda raw: raw["preprocess"].update(test_fraction="lots"), "preprocess.test_fraction"),
         (lambda raw: raw["ingest"].update(min_age=120), "min_age must not exceed max_age"),
         (lambda raw: raw.pop("features"), "features: Field required"),
+        (
+            lambda raw: raw["evaluate"]["rp3beta"].update(beta=[]),
+            "evaluate.rp3beta.beta: Tuple should have at least 1",
+        ),
+        (
+            lambda raw: raw["evaluate"]["ease"].update(l2=[50, 50]),
+            "evaluate.ease: Value error, l2: a grid lists each",
+        ),
+        (
+            lambda raw: raw["evaluate"]["itemknn_bm25_tuned"].update(b=[0.3, 1.5]),
+            "evaluate.itemknn_bm25_tuned.b.1",
+        ),
     ],
 )
 def test_bad_params_are_named(tmp_path, mutate, message):

@@ -18,12 +18,25 @@ REFERENCE = {
 }
 
 
+# One point per tuned baseline's grid (two for EASE's): the stage's whole path on the real data at CI
+# cost; the grids of params.yaml are measured by `dvc repro baselines` (docs/baselines.md).
+SMALL_GRIDS = {
+    "itemknn_bm25_tuned": {"k1": (0.6,), "b": (0.3,), "neighbours": (10,)},
+    "rp3beta": {"alpha": (0.5,), "beta": (0.3,), "neighbours": (25,)},
+    "ease": {"l2": (50.0, 3000.0), "max_gib": 4.0},
+}
+
+
 @pytest.fixture(scope="session")
 def real_metrics(real_trained):
     ws, _ = real_trained
     from pipeline.config import load_params
 
     params = load_params(ws.root)
+    grids = {
+        name: getattr(params.evaluate, name).model_copy(update=grid) for name, grid in SMALL_GRIDS.items()
+    }
+    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update=grids)})
     stages.baselines(ws, params)
     stages.evaluate(ws, params)
     return io.read_json(ws.reports / "metrics.json")
@@ -107,6 +120,24 @@ def test_itemknn_bm25_is_the_strongest_baseline_and_covers_the_catalog(v1_metric
     assert knn["ndcg@10"] > max(v1_metrics[m]["ndcg@10"] for m in ("random", "popularity", "itemknn_cosine"))
     assert v1_metrics["popularity"]["coverage@10"] < 0.002
     assert v1_metrics["random"]["personalization@10"] == pytest.approx(1 - 10 / 35_469, abs=0.001)
+
+
+def test_tuned_baselines_report_their_choice_on_validation(real_workspace, real_metrics):
+    for name, grid in SMALL_GRIDS.items():
+        chosen = {
+            key[len("chosen/") :]: v for key, v in real_metrics[name].items() if key.startswith("chosen/")
+        }
+        assert set(chosen) == set(grid) - {"max_gib"}, name
+        assert real_metrics[name]["validation_ndcg@10"] > 0.02, name
+    ease = real_metrics["ease"]
+    # the 1x catalog fits EASE's budget; a 60-times stronger L2 ranks worse on validation
+    assert io.read_json(real_workspace.reports / "baselines_skipped.json") == {}
+    assert ease["chosen/l2"] == 50.0
+    assert ease["validation_ndcg@10/l2_50"] > ease["validation_ndcg@10/l2_3000"]
+    assert ease["ndcg@10"] > real_metrics["itemknn_cosine"]["ndcg@10"]
+    rp3beta = real_metrics["rp3beta"]
+    assert rp3beta["ndcg@10"] > real_metrics["popularity"]["ndcg@10"]
+    assert rp3beta["coverage@10"] > 10 * real_metrics["popularity"]["coverage@10"]
 
 
 def test_reports_for_dvc(real_workspace, real_metrics):
