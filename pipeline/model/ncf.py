@@ -131,7 +131,10 @@ class _DistinctRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (rows,) = ctx.saved_tensors
-        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.shape, is_coalesced=True), None
+        sparse = torch.sparse_coo_tensor(
+            rows.unsqueeze(0), grad, ctx.shape, is_coalesced=True, check_invariants=False
+        )
+        return sparse, None
 
 
 def distinct_rows(table: nn.Embedding, rows: torch.Tensor) -> torch.Tensor:

@@ -215,7 +215,7 @@ def test_metrics_document_carries_the_chosen_values_and_every_points_ndcg():
             {"values": {"alpha": 1.0, "neighbours": 100}, "metrics": {"ndcg": 0.04}},
         ],
     }
-    report = ModelReport("rp3beta", {"@10": {"ndcg": 0.06}}, pd.DataFrame(), {}, [], {}, record)
+    report = ModelReport("rp3beta", {"@10": {"ndcg": 0.06}}, pd.DataFrame(), {}, [], {}, tuning=record)
     assert ModelReport.from_dict("rp3beta", report.as_dict()).tuning == record
     flat = metrics_document({"rp3beta": report})["rp3beta"]
     assert flat == {
