@@ -51,14 +51,16 @@ def load_recommender(root: Path, version: str) -> BookRecommender:
     import mlflow
 
     from pipeline.ops import tracking
+    from pipeline.serving.codelock import loading_version
+    from pipeline.serving.compat import with_request_rules
 
     # No process-wide MLflow state: the alias pollers load versions from their own threads.
     client = tracking.client(root)
     source = client.get_model_version_download_uri(MODEL_NAME, str(version))
     local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=client.tracking_uri)
-    from pipeline.serving.compat import with_request_rules
-
-    return with_request_rules(mlflow.pyfunc.load_model(local).unwrap_python_model().recommender)
+    with loading_version():  # the version's own code swaps sys.modules: nothing else may import meanwhile
+        model = mlflow.pyfunc.load_model(local)
+    return with_request_rules(model.unwrap_python_model().recommender)
 
 
 def find_version(client, fingerprint: str) -> Any | None:
@@ -191,7 +193,9 @@ def _model_exists(client) -> bool:
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             return False
-        raise RegistryError(f"the registry at {client.tracking_uri} did not answer: {str(err)[:300]}") from err
+        raise RegistryError(
+            f"the registry at {client.tracking_uri} did not answer: {str(err)[:300]}"
+        ) from err
     except Exception as err:  # the store itself (a database that cannot be opened, a refused connection)
         raise RegistryError(
             f"the registry at {client.tracking_uri} cannot be reached: {type(err).__name__}: {str(err)[:300]}"

@@ -49,7 +49,9 @@ def client(root: Path) -> MlflowClient:
     try:
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
     except Exception as err:  # the store cannot be opened (a damaged database, a refused connection)
-        raise TrackingError(f"cannot open the MLflow store at {uri}: {type(err).__name__}: {str(err)[:300]}") from err
+        raise TrackingError(
+            f"cannot open the MLflow store at {uri}: {type(err).__name__}: {str(err)[:300]}"
+        ) from err
 
 
 def use_store(root: Path) -> MlflowClient:

@@ -153,7 +153,9 @@ def _alias_holder(
     root: Path, lookup: Callable[[], str | None], poll_seconds: float, standing: StandingParams | None
 ) -> ModelHolder:
     from pipeline.ops import registry
+    from pipeline.serving.codelock import install
 
+    install()  # before the first load starts on the poller's thread: every later import takes the lock
     if standing is None:
         return ModelHolder(lambda version: registry.load_recommender(root, version), lookup, poll_seconds)
     warmup = StandingWarmup(standing)

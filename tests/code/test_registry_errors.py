@@ -42,7 +42,9 @@ def damaged_store(tmp_path, monkeypatch, healthy_database):
 
 def test_listing_versions_or_history_of_an_unreadable_registry_raises(damaged_store):
     _, client = damaged_store
-    with pytest.raises(registry.RegistryError, match="registry at sqlite:.* (did not answer|cannot be reached)"):
+    with pytest.raises(
+        registry.RegistryError, match="registry at sqlite:.* (did not answer|cannot be reached)"
+    ):
         registry.list_versions(client)
     with pytest.raises(registry.RegistryError, match="registry at sqlite:"):
         registry.serving_history(client)

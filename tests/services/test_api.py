@@ -434,7 +434,9 @@ def test_health_is_degraded_while_the_registry_cannot_be_read_or_the_rules_are_s
         registry_db.close()
     wait_for_health(service, lambda h: h["status"] == "ok")
 
-    feedback_db = sqlite3.connect(project / "data" / "feedback" / "feedback.db", timeout=30, isolation_level=None)
+    feedback_db = sqlite3.connect(
+        project / "data" / "feedback" / "feedback.db", timeout=30, isolation_level=None
+    )
     feedback_db.execute("ALTER TABLE settings RENAME TO settings_away")
     try:
         health = wait_for_health(service, lambda h: h.get("stale_rules"), seconds=30)
@@ -479,9 +481,7 @@ def bounded_app(project, model, tmp_path, read_token: str | None = None, **limit
     holder = ModelHolder(lambda version: model, lambda: "1", poll_seconds=60)
     holder.refresh()
     feedback = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
-    app = create_app(
-        holder, feedback, "write-token", start_polling=False, serve=serve, read_token=read_token
-    )
+    app = create_app(holder, feedback, "write-token", start_polling=False, serve=serve, read_token=read_token)
     return app, feedback
 
 
@@ -495,7 +495,9 @@ def test_a_client_over_its_rate_gets_429_and_monitoring_stays_open(project, serv
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
         assert "too many requests" in refused.json()["detail"]
         assert client.get("/health").status_code == 200
-        assert 'bookrec_requests_total{endpoint="rate limited",status="429"} 1.0' in client.get("/metrics").text
+        assert (
+            'bookrec_requests_total{endpoint="rate limited",status="429"} 1.0' in client.get("/metrics").text
+        )
 
 
 def test_impressions_per_reader_are_capped_and_the_dropped_lists_counted(project, served_model, tmp_path):
