@@ -45,7 +45,7 @@ def install() -> threading.RLock:
             return installed
         lock, original = threading.RLock(), builtins.__import__
 
-        def import_under_lock(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+        def import_under_lock(name, globals=None, locals=None, fromlist=(), level=0):
             if _names_pipeline(name, globals, level):
                 with lock:
                     return original(name, globals, locals, fromlist, level)

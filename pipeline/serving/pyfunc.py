@@ -46,9 +46,8 @@ def own_code(code_dir: Path) -> Iterator[None]:
     # The process's code lock (pipeline/serving/codelock.py), when the loading process installed it:
     # held by the caller already (re-entrant), taken here too for a load that did not go through it.
     lock = getattr(builtins.__import__, "code_lock", None)
-    with lock if lock is not None else nullcontext():
-        with _swapped_in(code_dir):
-            yield
+    with lock if lock is not None else nullcontext(), _swapped_in(code_dir):
+        yield
 
 
 @contextmanager
