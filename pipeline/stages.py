@@ -252,10 +252,16 @@ def _save_model(
         save_bundle(out, model, users, items, known, vocabulary, history.as_dict(), metadata, neighbourhood)
 
 
-def baselines(ws: Workspace, params: Params) -> dict:
+# What the gate compares a model with (popularity's NDCG@10 on the same split), and random's floor:
+# seconds to evaluate, so that the first run promotes a model without waiting for the other baselines.
+REFERENCE_BASELINES = ("random", "popularity")
+
+
+def baselines(ws: Workspace, params: Params, only: tuple[str, ...] | None = None) -> dict:
     """Stage baselines: every baseline fitted on train and ranked over the full catalog on the test
     split. Its own stage, depending on the data and the baselines' params only, so that a new NCF never
-    evaluates them again; `evaluate` reads what it wrote."""
+    evaluates them again; `evaluate` reads what it wrote. `only` restricts it to those baselines (the
+    first run's REFERENCE_BASELINES, written outside DVC so that the next run computes them all)."""
     from pipeline.evaluation.baselines import make_baseline
     from pipeline.evaluation.evaluate import evaluate as evaluate_model
 
@@ -263,6 +269,8 @@ def baselines(ws: Workspace, params: Params) -> dict:
     data = evaluation_data(ws, params, "test", user_cohorts(ws, settings.cohort_top_countries))
     reports = {}
     for name, options in settings.baselines().items():
+        if only is not None and name not in only:
+            continue
         model = make_baseline(name, **options).fit(data.train)
         report = evaluate_model(
             model, data, settings.ks, settings.curve_max_k, batch_size=settings.batch_size
