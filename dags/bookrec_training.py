@@ -201,7 +201,7 @@ def bookrec_training():
     def ingest(_: dict) -> dict:
         return _stage("ingest")
 
-    @task(doc_md="DVC stage `preprocess`: protocol bx-implicit-v2 (positives, 5-core, per-user split).")
+    @task(doc_md="DVC stage `preprocess`: protocol bx-implicit-v2 (positives, dislikes, 5-core, the stable hash split).")
     def preprocess(_: dict) -> dict:
         return _stage("preprocess")
 

@@ -122,7 +122,7 @@ def ingest() -> None:
 @app.command()
 @reports_errors
 def preprocess() -> None:
-    """Stage preprocess: protocol bx-implicit-v2 (positives, 5-core, per-user split, id maps)."""
+    """Stage preprocess: protocol bx-implicit-v2 (positives, dislikes, 5-core, the stable hash split, id maps)."""
     run_stage("preprocess")
 
 
