@@ -13,7 +13,6 @@ matrix for the whole batch.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -21,22 +20,19 @@ from pathlib import Path
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.config import ServeParams, load_params
+from pipeline.serving.access import bearer_guard, client_of, excluded_isbns, overloaded
 from pipeline.serving.batching import Overloaded, RankBatcher
 from pipeline.serving.experiment import OnlineLoop
 from pipeline.serving.holder import ModelHolder, Served, challenger_holder, registry_holder
 from pipeline.serving.instruments import ClientRateLimit, GuardAndMeasure, Instruments
 from pipeline.serving.schemas import (
-    EXCLUDE,
     HISTORY,
     ISBN,
-    MAX_EXCLUDE,
     MAX_PER_AUTHOR,
     USER_ID,
-    BearerCredentials,
     ExperimentIn,
     ExperimentOut,
     Health,
@@ -169,22 +165,6 @@ def _ops_routes(
     return router
 
 
-def _split_isbns(values: list[str]) -> tuple[str, ...]:
-    return tuple(part.strip().upper() for value in values for part in value.split(",") if part.strip())
-
-
-def excluded_isbns(exclude: list[str] = EXCLUDE) -> tuple[str, ...]:
-    """The request's `exclude` list, repeated or comma-separated: at most MAX_EXCLUDE books either way."""
-    isbns = _split_isbns(exclude)
-    if len(isbns) > MAX_EXCLUDE:
-        raise HTTPException(422, f"exclude names {len(isbns)} books; at most {MAX_EXCLUDE} are accepted")
-    return isbns
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client is not None else "unknown"
-
-
 def _read_routes(
     holder: ModelHolder,
     feedback: FeedbackStore,
@@ -216,7 +196,7 @@ def _read_routes(
         ids, scores = await batcher.rank(
             model.recommender, user_id, k, rules=_rules(model, max_per_author), **scoring
         )
-        request_id = online.log(model, user_id, arm, True, "recommendations", ids, _client(request))
+        request_id = online.log(model, user_id, arm, True, "recommendations", ids, client_of(request))
         if (shadow := online.shadow(holder)) is not None:  # scored after the answer is sent
             background.add_task(_shadow_list, batcher, online, shadow, user_id, k, max_per_author, scoring)
         return {
@@ -239,7 +219,7 @@ def _read_routes(
         )
         return {
             "request_id": online.log(
-                model, "<new reader>", "production", True, "new_reader", ids, _client(request)
+                model, "<new reader>", "production", True, "new_reader", ids, client_of(request)
             ),
             "arm": "production",
             "known_reader": False,
@@ -265,7 +245,7 @@ def _read_routes(
         )
         return {
             "request_id": online.log(
-                model, "<similar>", "production", True, "similar", ids[0], _client(request)
+                model, "<similar>", "production", True, "similar", ids[0], client_of(request)
             ),
             "isbn": isbn.upper(),
             "model_version": model.version,
@@ -294,22 +274,6 @@ async def _shadow_list(
         online.log(shadow, user_id, "challenger", False, "recommendations", ids)
     except Exception:  # a broken challenger must never affect production traffic
         log.exception("shadow scoring with version %s failed", shadow.version)
-
-
-def bearer_guard(*tokens: str):
-    """A dependency that lets a request through only with `Authorization: Bearer <token>` for one of
-    `tokens`: 401 without credentials, 403 with a wrong token (compared in constant time)."""
-
-    def guard(credentials: BearerCredentials) -> None:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise HTTPException(
-                401, "this endpoint needs Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
-            )
-        given = credentials.credentials.encode()
-        if not any([hmac.compare_digest(given, token.encode()) for token in tokens]):
-            raise HTTPException(403, "the bearer token is not valid for this API")
-
-    return guard
 
 
 def _write_routes(holder: ModelHolder, feedback: FeedbackStore, online: OnlineLoop, token: str) -> APIRouter:
@@ -415,14 +379,8 @@ def create_app(
         _write_routes(holder, feedback, online, write_token),
     ):
         app.include_router(router)
-    app.add_exception_handler(Overloaded, _overloaded)
+    app.add_exception_handler(Overloaded, overloaded)
     return app
-
-
-async def _overloaded(request: Request, err: Exception) -> JSONResponse:
-    return JSONResponse(
-        {"detail": f"the API is at capacity: {err}"}, status_code=503, headers={"Retry-After": "1"}
-    )
 
 
 def build_app(
