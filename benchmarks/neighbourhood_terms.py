@@ -4,7 +4,7 @@
 
 Each argument is neighbours,K1,B. The network's scores are computed once for every validation reader;
 each term is fitted on the train split and tried at every weight of `train.neighbourhood.weights`.
-Prints validation NDCG@10 per setting and weight (how K1 0.6 was chosen; README, "The model").
+Prints validation NDCG@10 per setting and weight (how K1 0.6 was chosen; docs/model.md).
 """
 
 from __future__ import annotations

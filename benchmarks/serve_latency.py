@@ -226,7 +226,7 @@ def over_http(root: Path, readers: Path, seconds: float, impressions: bool, scra
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "BOOKREC_FEEDBACK_URL": f"sqlite:///{store}",
     }
-    command = [str(BIN / "bookrec"), "serve", "--port", str(port)]
+    command = [str(BIN / "bookrec"), "serve", "--port", str(port), "--no-rate-limit"]  # throughput
     server = subprocess.Popen(
         command + ([] if impressions else ["--no-impressions"]),
         cwd=root,

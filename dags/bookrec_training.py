@@ -30,7 +30,8 @@ RAW_DATA = Asset(name="bookrec_raw_data", uri=(ROOT / "data" / "raw").as_uri())
 TRAIN_KNOBS = {
     "gmf_dim": ("integer", "Width of the GMF tower", 1, 2048),
     "mlp_dim": ("integer", "Width of the MLP tower's embeddings", 1, 512),
-    "lr": ("number", "Adam learning rate of the first epoch", 1e-5, 1.0),
+    "lr": ("number", "Adam learning rate of the dense layers in the first epoch", 1e-5, 1.0),
+    "embedding_lr": ("number", "Learning rate of the embedding tables in the first epoch", 1e-5, 1.0),
     "lr_decay": ("number", "Learning-rate factor applied after each epoch (1 = constant)", 0.01, 1.0),
     "epochs": ("integer", "Upper bound on training epochs", 1, 500),
     "negatives": ("integer", "Sampled negatives per positive", 1, 64),
@@ -39,6 +40,10 @@ TRAIN_KNOBS = {
     "max_seconds": ("number", "Training time budget in seconds (0 = none)", 0.0, 86400.0),
 }
 FORM_SECTIONS = ("train",)  # what a run's form may change; the gate's thresholds are never among them
+# The first run of `make up` (no production model yet): the baselines task evaluates only what the gate
+# compares with (random, popularity: seconds), outside DVC, so that a model is served within minutes; the
+# next run computes every baseline (DVC sees the stage as not run) and evaluates again.
+REFERENCE_ONLY = "baselines.reference_only"
 
 
 def _defaults() -> dict:
@@ -49,7 +54,7 @@ def _defaults() -> dict:
 
 def _form() -> dict[str, Param]:
     defaults = _defaults()
-    return {
+    form = {
         f"train.{key}": Param(
             defaults["train"][key],
             type=kind,
@@ -59,13 +64,23 @@ def _form() -> dict[str, Param]:
         )
         for key, (kind, text, low, high) in TRAIN_KNOBS.items()
     }
+    form[REFERENCE_ONLY] = Param(
+        False,
+        type="boolean",
+        description="Baselines: only the gate's reference (random, popularity), the others in the next run "
+        "(what the first run of `make up` does, to serve a model sooner)",
+    )
+    return form
 
 
 def run_values(values: dict) -> dict:
-    """A run's form and conf values, checked: only training values may change for a run. A gate
-    threshold is refused (params.yaml's gate section is its only home; a deliberate override is
-    `bookrec registry promote`, with the API token and a reason), and so is any other key."""
-    refused = sorted(key for key in values if key.split(".", 1)[0] not in FORM_SECTIONS)
+    """A run's form and conf values, checked: only training values (and the first run's
+    reference-only baselines) may change for a run. A gate threshold is refused (params.yaml's gate
+    section is its only home; a deliberate override is `bookrec registry promote`, with the API token
+    and a reason), and so is any other key."""
+    refused = sorted(
+        key for key in values if key != REFERENCE_ONLY and key.split(".", 1)[0] not in FORM_SECTIONS
+    )
     if refused:
         raise ValueError(
             f"this run sets {refused}: a run may change only {', '.join(f'{s}.*' for s in FORM_SECTIONS)} values; "
@@ -106,6 +121,24 @@ def _stage(name: str, uses_form: bool = False) -> dict:
         rev = run_experiment(ROOT, name, overrides, experiment)
         shown["experiment"] = experiment
         return {"stage": name, "experiment": experiment, "rev": rev, "skipped": False, "overrides": overrides}
+
+
+def _reference_baselines() -> dict:
+    """The gate's reference baselines only, written where stage `baselines` writes, outside DVC: its
+    lock records no run, so the next run computes every baseline. Skipped when DVC holds them all."""
+    from pipeline import stages
+    from pipeline.config import Workspace
+    from pipeline.ops import progress
+    from pipeline.ops.versioning import is_up_to_date
+
+    with progress.task("baselines") as shown:
+        if is_up_to_date(ROOT, "baselines"):
+            shown["skipped"] = True
+            return {"stage": "baselines", "ran": [], "skipped": True, "overrides": {}}
+        ws, params = Workspace.load(ROOT)
+        stages.baselines(ws, params, only=stages.REFERENCE_BASELINES)
+        shown["only"] = ", ".join(stages.REFERENCE_BASELINES)
+    return {"stage": "baselines", "reference_only": True, "skipped": False, "overrides": {}}
 
 
 def _experiment_workspace(evaluated: dict) -> tuple:
@@ -185,7 +218,9 @@ def bookrec_training():
     def ingest(_: dict) -> dict:
         return _stage("ingest")
 
-    @task(doc_md="DVC stage `preprocess`: protocol bx-implicit-v2 (positives, 5-core, per-user split).")
+    @task(
+        doc_md="DVC stage `preprocess`: protocol bx-implicit-v2 (positives, dislikes, 5-core, the stable hash split)."
+    )
     def preprocess(_: dict) -> dict:
         return _stage("preprocess")
 
@@ -204,6 +239,8 @@ def bookrec_training():
         "the data and the baselines' params only, so a new NCF never evaluates them again."
     )
     def baselines(_: dict) -> dict:
+        if get_current_context()["params"].get(REFERENCE_ONLY):
+            return _reference_baselines()
         return _stage("baselines")
 
     @task(doc_md="DVC stage `evaluate`: NCF over the full catalog on the test split, next to the baselines.")

@@ -250,6 +250,21 @@ class StandingParams(Section):
     warm_readers: int = Field(ge=0)
 
 
+class LimitParams(Section):
+    requests_per_client: str  # a rate of the `limits` library ("100/second"); "" = no limit
+    impressions_per_reader: int = Field(ge=0)  # per minute; 0 = no cap
+    pending_requests: int = Field(ge=1)
+
+    @field_validator("requests_per_client")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        from limits import parse_many
+
+        if value:
+            parse_many(value)  # ValueError naming the string when it is not a rate
+        return value
+
+
 class ServeParams(Section):
     ann_threshold: int = Field(ge=0)
     retrieval: RetrievalParams
@@ -259,6 +274,8 @@ class ServeParams(Section):
     impression_queue: int = Field(ge=1)
     attribution_hours: float = Field(gt=0)
     rules_refresh_seconds: float = Field(gt=0)
+    limits: LimitParams
+    read_token: bool
 
 
 class GateParams(Section):

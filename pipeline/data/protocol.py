@@ -1,6 +1,6 @@
 """Protocol bx-implicit-v2 in one place (pure): what counts as a positive, and the protocol's name.
 
-v2 (docs/metrics.md) keeps v1's data (positives, 5-core, per-user split) and ranks by serving's
+v2 (docs/metrics.md) keeps v1's data (positives, 5-core) and ranks by serving's
 rule: every book the reader is known to have interacted with, their explicit ratings 1-4, and every
 other edition of those are excluded; a list holds one edition per work and at most
 `serve.max_per_author` books by one author.

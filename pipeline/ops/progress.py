@@ -95,7 +95,9 @@ class ProgressView:
             self.echo(f"  {name:<20} skipped (inputs unchanged, {seconds:.1f} s)")
         else:
             extra = "".join(
-                f", {key} {event[key]}" for key in ("version", "promoted", "experiment") if key in event
+                f", {key} {event[key]}"
+                for key in ("only", "version", "promoted", "experiment")
+                if key in event
             )
             self.echo(f"  {name:<20} done in {seconds:.1f} s{extra}")
 

@@ -51,14 +51,16 @@ def load_recommender(root: Path, version: str) -> BookRecommender:
     import mlflow
 
     from pipeline.ops import tracking
+    from pipeline.serving.codelock import loading_version
+    from pipeline.serving.compat import with_request_rules
 
     # No process-wide MLflow state: the alias pollers load versions from their own threads.
     client = tracking.client(root)
     source = client.get_model_version_download_uri(MODEL_NAME, str(version))
     local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=client.tracking_uri)
-    from pipeline.serving.compat import with_request_rules
-
-    return with_request_rules(mlflow.pyfunc.load_model(local).unwrap_python_model().recommender)
+    with loading_version():  # the version's own code swaps sys.modules: nothing else may import meanwhile
+        model = mlflow.pyfunc.load_model(local)
+    return with_request_rules(model.unwrap_python_model().recommender)
 
 
 def find_version(client, fingerprint: str) -> Any | None:
@@ -190,15 +192,33 @@ def _move_production(client, target: str, current: Any | None, by: str, reason: 
     history.record(client, MODEL_NAME, target, by, reason)
 
 
-def serving_history(client) -> list[dict[str, Any]]:
-    """Every move of `production`, oldest first (reconciled with the alias first)."""
+def _model_exists(client) -> bool:
+    """Whether `bookrec-ncf` is registered; RegistryError when the registry cannot say (unreachable,
+    refusing), so that "nothing registered" is never reported for a registry that did not answer."""
     from mlflow.exceptions import MlflowException
 
     try:
-        history.reconcile(client, MODEL_NAME, _version_of(production_version(client)))
-        return [move.as_dict() for move in history.moves(client, MODEL_NAME)]
-    except MlflowException:
+        client.get_registered_model(MODEL_NAME)
+        return True
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise RegistryError(
+            f"the registry at {client.tracking_uri} did not answer: {str(err)[:300]}"
+        ) from err
+    except Exception as err:  # the store itself (a database that cannot be opened, a refused connection)
+        raise RegistryError(
+            f"the registry at {client.tracking_uri} cannot be reached: {type(err).__name__}: {str(err)[:300]}"
+        ) from err
+
+
+def serving_history(client) -> list[dict[str, Any]]:
+    """Every move of `production`, oldest first (reconciled with the alias first); [] when no model
+    is registered, RegistryError when the registry cannot be read."""
+    if not _model_exists(client):
         return []
+    history.reconcile(client, MODEL_NAME, _version_of(production_version(client)))
+    return [move.as_dict() for move in history.moves(client, MODEL_NAME)]
 
 
 def _version_of(model_version: Any | None) -> str | None:
@@ -206,12 +226,11 @@ def _version_of(model_version: Any | None) -> str | None:
 
 
 def list_versions(client) -> list[dict[str, Any]]:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        aliases = client.get_registered_model(MODEL_NAME).aliases
-    except MlflowException:
+    """Every version, newest first; [] when no model is registered, RegistryError when the registry
+    cannot be read."""
+    if not _model_exists(client):
         return []
+    aliases = client.get_registered_model(MODEL_NAME).aliases
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(str(version), []).append(alias)

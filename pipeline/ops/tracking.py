@@ -46,7 +46,12 @@ def client(root: Path) -> MlflowClient:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except Exception as err:  # the store cannot be opened (a damaged database, a refused connection)
+        raise TrackingError(
+            f"cannot open the MLflow store at {uri}: {type(err).__name__}: {str(err)[:300]}"
+        ) from err
 
 
 def use_store(root: Path) -> MlflowClient:

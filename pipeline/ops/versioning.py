@@ -37,7 +37,9 @@ def _dvc_repo(root: Path):
     os.environ.pop("BOOKREC_ROOT", None)
     # DVC resolves targets against the working directory: work from the repository root.
     os.chdir(root)
-    repo = Repo(str(root))
+    # Wait for DVC's repository lock instead of failing after 3 s: Airflow runs `train` and `baselines`
+    # side by side, and DVC holds the lock for a whole stage.
+    repo = Repo(str(root), _wait_for_lock=True)
     try:
         yield repo
     finally:
@@ -74,6 +76,14 @@ def reproduce(root: Path, stage: str | None = None, force: bool = False) -> list
     with _dvc_repo(root) as repo:
         ran = repo.reproduce(targets=[stage] if stage else None, force=force, single_item=stage is not None)
     return [s.addressing for s in ran]
+
+
+def is_up_to_date(root: Path, stage: str) -> bool:
+    """Whether DVC would skip `stage` (its dependencies and outputs are those dvc.lock records)."""
+    if not is_dvc_repo(root):
+        return False
+    with _dvc_repo(root) as repo:
+        return not repo.status(targets=[stage])
 
 
 EXPERIMENTS_DIR = "run/experiments"

@@ -13,27 +13,26 @@ matrix for the whole batch.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.config import ServeParams, load_params
-from pipeline.serving.batching import RankBatcher
+from pipeline.serving.access import bearer_guard, client_of, excluded_isbns, overloaded
+from pipeline.serving.batching import Overloaded, RankBatcher
 from pipeline.serving.experiment import OnlineLoop
 from pipeline.serving.holder import ModelHolder, Served, challenger_holder, registry_holder
-from pipeline.serving.instruments import GuardAndMeasure, Instruments
+from pipeline.serving.instruments import ClientRateLimit, GuardAndMeasure, Instruments
 from pipeline.serving.schemas import (
-    EXCLUDE,
     HISTORY,
     ISBN,
     MAX_PER_AUTHOR,
     USER_ID,
-    BearerCredentials,
     ExperimentIn,
     ExperimentOut,
     Health,
@@ -99,6 +98,26 @@ def _book_index(model: Served, isbn: str):
         raise HTTPException(404, str(err)) from None
 
 
+def _health(holder: ModelHolder, online: OnlineLoop) -> Health:
+    """The serving truth: `degraded` when the alias names a version that is not serving, when the
+    registry cannot be read, or when run-time rules in force could not be reread (`stale_rules`)."""
+    state = holder.status()
+    stale = online.rules.stale_rules
+    status = "degraded" if stale and state.status == "ok" else state.status
+    errors = [state.error] if state.error else []
+    if stale:
+        errors.append(
+            f"run-time rules could not be reread, the last ones stay in force: {online.rules.stale}"
+        )
+    return Health(
+        status=status,
+        model_version=state.serving_version,
+        production_version=state.production_version,
+        error="; ".join(errors) or None,
+        stale_rules=list(stale),
+    )
+
+
 ONLINE_GAUGES = ("ctr", "positive_rate", "mrr", "coverage", "long_tail_share", "impressions")
 
 
@@ -123,22 +142,17 @@ def _ops_routes(
 
     @router.get("/health", response_model=Health)
     def health(response: Response) -> Health:
-        state = holder.status()
-        if state.serving_version is None:
+        state = _health(holder, online)
+        if state.model_version is None:
             response.status_code = 503
-        return Health(
-            status=state.status,
-            model_version=state.serving_version,
-            production_version=state.production_version,
-            error=state.error,
-        )
+        return state
 
     @router.get("/metrics", response_class=Response)
     def prometheus_metrics() -> Response:
-        state = holder.status()
+        state = _health(holder, online)
         instruments.serving.clear()
-        if state.serving_version is not None:
-            instruments.serving.labels(state.serving_version).set(1)
+        if state.model_version is not None:
+            instruments.serving.labels(state.model_version).set(1)
         instruments.degraded.set(0 if state.status == "ok" else 1)
         standing = None if holder.current is None else getattr(holder.current.recommender, "standing", None)
         instruments.standing.set(0 if standing is None else len(standing))
@@ -151,38 +165,40 @@ def _ops_routes(
     return router
 
 
-def _split_isbns(values: list[str]) -> tuple[str, ...]:
-    return tuple(part.strip().upper() for value in values for part in value.split(",") if part.strip())
-
-
 def _read_routes(
-    holder: ModelHolder, feedback: FeedbackStore, batcher: RankBatcher, online: OnlineLoop
+    holder: ModelHolder,
+    feedback: FeedbackStore,
+    batcher: RankBatcher,
+    online: OnlineLoop,
+    read_tokens: tuple[str, ...] | None = None,
 ) -> APIRouter:
-    router = APIRouter()
+    """The reads; behind a bearer token (`read_tokens`) when `serve.read_token` says so."""
+    router = APIRouter(dependencies=[Depends(bearer_guard(*read_tokens))] if read_tokens else [])
 
     @router.get("/recommendations/{user_id}", response_model=Recommendations)
     async def recommend(
+        request: Request,
         background: BackgroundTasks,
         user_id: str = USER_ID,
         k: int = K,
         max_per_author: int | None = MAX_PER_AUTHOR,
-        exclude: list[str] = EXCLUDE,
+        exclude: tuple[str, ...] = Depends(excluded_isbns),
         history: str = HISTORY,
     ) -> dict:
         """Top-k books for a reader; a reader the model has never seen gets the cold-start answer.
         Never a book the reader knows, an `exclude`d book or one marked unavailable."""
         challenger, arm = online.arm_for(user_id)
         model = challenger or _serving(holder)
-        blocked = (*_split_isbns(exclude), *online.blocked)
+        blocked = (*exclude, *online.blocked)
         # The reader's live feedback is read on the batcher's thread, one query for the whole batch
         # (the store is a synchronous database: never queried on the loop).
-        request = {"feedback": feedback, "blocked": blocked, "exclude": history}
+        scoring = {"feedback": feedback, "blocked": blocked, "exclude": history}
         ids, scores = await batcher.rank(
-            model.recommender, user_id, k, rules=_rules(model, max_per_author), **request
+            model.recommender, user_id, k, rules=_rules(model, max_per_author), **scoring
         )
-        request_id = online.log(model, user_id, arm, True, "recommendations", ids)
+        request_id = online.log(model, user_id, arm, True, "recommendations", ids, client_of(request))
         if (shadow := online.shadow(holder)) is not None:  # scored after the answer is sent
-            background.add_task(_shadow_list, batcher, online, shadow, user_id, k, max_per_author, request)
+            background.add_task(_shadow_list, batcher, online, shadow, user_id, k, max_per_author, scoring)
         return {
             "request_id": request_id,
             "arm": arm,
@@ -193,7 +209,7 @@ def _read_routes(
         }
 
     @router.post("/recommendations", response_model=Recommendations)
-    async def recommend_new_reader(reader: NewReader) -> dict:
+    async def recommend_new_reader(reader: NewReader, request: Request) -> dict:
         """Top-k books for someone new, from age, location and a few liked books (no retraining)."""
         model = _serving(holder)
         new = Reader(age=reader.age, location=reader.location, liked_isbns=tuple(reader.liked_isbns))
@@ -202,7 +218,9 @@ def _read_routes(
             model.recommender, "<new reader>", reader.k, reader=new, blocked=blocked
         )
         return {
-            "request_id": online.log(model, "<new reader>", "production", True, "new_reader", ids),
+            "request_id": online.log(
+                model, "<new reader>", "production", True, "new_reader", ids, client_of(request)
+            ),
             "arm": "production",
             "known_reader": False,
             "model_version": model.version,
@@ -211,18 +229,24 @@ def _read_routes(
 
     @router.get("/books/{isbn}/similar", response_model=SimilarBooks)
     async def similar(
+        request: Request,
         isbn: str = ISBN,
         k: int = K,
         max_per_author: int | None = MAX_PER_AUTHOR,
-        exclude: list[str] = EXCLUDE,
+        exclude: tuple[str, ...] = Depends(excluded_isbns),
     ) -> dict:
         """The books most similar to one book: never another edition of it, one edition per work."""
         model = _serving(holder)
         query = _book_index(model, isbn)
-        blocked = (*_split_isbns(exclude), *online.blocked)
-        ids, scores = model.recommender.rank_similar(query, k, _rules(model, max_per_author), blocked)
+        blocked = (*exclude, *online.blocked)
+        # An exact search over the whole catalog: on a worker thread, never on the event loop.
+        ids, scores = await run_in_threadpool(
+            model.recommender.rank_similar, query, k, _rules(model, max_per_author), blocked
+        )
         return {
-            "request_id": online.log(model, "<similar>", "production", True, "similar", ids[0]),
+            "request_id": online.log(
+                model, "<similar>", "production", True, "similar", ids[0], client_of(request)
+            ),
             "isbn": isbn.upper(),
             "model_version": model.version,
             "books": model.recommender.book_records(ids[0], scores[0]),
@@ -250,21 +274,6 @@ async def _shadow_list(
         online.log(shadow, user_id, "challenger", False, "recommendations", ids)
     except Exception:  # a broken challenger must never affect production traffic
         log.exception("shadow scoring with version %s failed", shadow.version)
-
-
-def bearer_guard(token: str):
-    """A dependency that lets a request through only with `Authorization: Bearer <token>`:
-    401 without credentials, 403 with a wrong token (compared in constant time)."""
-
-    def guard(credentials: BearerCredentials) -> None:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise HTTPException(
-                401, "this endpoint needs Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
-            )
-        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPException(403, "the bearer token is not valid for this API")
-
-    return guard
 
 
 def _write_routes(holder: ModelHolder, feedback: FeedbackStore, online: OnlineLoop, token: str) -> APIRouter:
@@ -323,10 +332,13 @@ def create_app(
     challenger: ModelHolder | None = None,
     serve: ServeParams | None = None,
     log_impressions: bool = True,
+    read_token: str | None = None,
+    rate_limit: bool = True,
 ) -> FastAPI:
-    """The app: operations (health, metrics), reads (recommendations, similar books, the experiment)
-    and writes (live feedback, admin; bearer `write_token` required) over the model `holder` serves,
-    with the `challenger` for A/B and shadow serving."""
+    """The app: operations (health, metrics), reads (recommendations, similar books, the experiment;
+    bearer `read_token` or `write_token` required when `serve.read_token`) and writes (live feedback,
+    admin; bearer `write_token` required) over the model `holder` serves, with the `challenger` for A/B
+    and shadow serving. `serve.limits` bound what a client may ask (unless `rate_limit` is False)."""
     instruments = Instruments.create()
     serve = serve or load_params().serve
 
@@ -343,26 +355,38 @@ def create_app(
         on_written=count,
         on_drop=instruments.impressions_dropped.inc,
         log_impressions=log_impressions,
+        on_capped=instruments.impressions_capped.inc,
     )
-    batcher = RankBatcher(observe_batch_size=instruments.batch_sizes.observe)
+    batcher = RankBatcher(
+        observe_batch_size=instruments.batch_sizes.observe, max_pending=serve.limits.pending_requests
+    )
     app = FastAPI(
         title="bookrec API",
         version="1.0",
         lifespan=_lifespan(holder, batcher, online, start_polling),
         description="Real-time book recommendations from the registry's production model.",
     )
-    app.add_middleware(GuardAndMeasure, requests=instruments.requests, latency=instruments.latency)
+    limit = ClientRateLimit(serve.limits.requests_per_client) if rate_limit else None
+    app.add_middleware(
+        GuardAndMeasure, requests=instruments.requests, latency=instruments.latency, limit=limit
+    )
+    if serve.read_token and read_token is None:
+        raise ValueError("serve.read_token is true: the API needs a read token")
+    read_tokens = (read_token, write_token) if serve.read_token else None
     for router in (
         _ops_routes(holder, feedback, online, instruments),
-        _read_routes(holder, feedback, batcher, online),
+        _read_routes(holder, feedback, batcher, online, read_tokens),
         _write_routes(holder, feedback, online, write_token),
     ):
         app.include_router(router)
+    app.add_exception_handler(Overloaded, overloaded)
     return app
 
 
-def build_app(root: Path, poll_seconds: float = 10.0, log_impressions: bool = True) -> FastAPI:
-    from pipeline.storage.secrets import api_token
+def build_app(
+    root: Path, poll_seconds: float = 10.0, log_impressions: bool = True, rate_limit: bool = True
+) -> FastAPI:
+    from pipeline.storage.secrets import api_read_token, api_token
 
     serve = load_params(root).serve
     return create_app(
@@ -372,4 +396,6 @@ def build_app(root: Path, poll_seconds: float = 10.0, log_impressions: bool = Tr
         challenger=challenger_holder(root, poll_seconds, serve.standing),
         serve=serve,
         log_impressions=log_impressions,
+        read_token=api_read_token(root) if serve.read_token else None,
+        rate_limit=rate_limit,
     )

@@ -88,9 +88,18 @@ def rank_together(requests: list[RankRequest]) -> list[tuple[np.ndarray, np.ndar
     return [(ranked[row, : r.k], scores[row, : r.k]) for row, r in enumerate(requests)]
 
 
+class Overloaded(RuntimeError):
+    """More requests wait to be scored than the batcher holds: answer 503 rather than queue without bound."""
+
+
 class RankBatcher:
-    def __init__(self, max_batch: int = 32, observe_batch_size: Callable[[int], None] | None = None):
-        self.max_batch = max_batch
+    def __init__(
+        self,
+        max_batch: int = 32,
+        observe_batch_size: Callable[[int], None] | None = None,
+        max_pending: int = 256,
+    ):
+        self.max_batch, self.max_pending = max_batch, max_pending
         self.observe_batch_size = observe_batch_size or (lambda size: None)
         self.pending: list[RankRequest] = []
         self._wake: asyncio.Event | None = None
@@ -111,6 +120,8 @@ class RankBatcher:
         exclude: str = "all",
         feedback: FeedbackStore | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.pending) >= self.max_pending:
+            raise Overloaded(f"{len(self.pending)} requests are waiting to be scored; retry in a moment")
         loop = asyncio.get_running_loop()
         request = RankRequest(
             recommender,

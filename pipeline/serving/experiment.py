@@ -18,7 +18,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 
 from pipeline.config import ExperimentParams, ServeParams
@@ -59,18 +59,31 @@ class RuntimeRules:
         self.store, self.default, self.refresh_seconds = store, default, refresh_seconds
         self.after_refresh = after_refresh
         self.current = RulesSnapshot(default, frozenset())
+        self.stale: str | None = None  # why the last refresh failed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def refresh(self) -> RulesSnapshot:
-        override = impressions_store.read_setting(self.store, impressions_store.EXPERIMENT_KEY)
-        # The stored setting holds mode, share and salt; planning values stay params.yaml's.
-        experiment = (
-            self.default if override is None else ExperimentParams(**(self.default.model_dump() | override))
-        )
-        self.current = RulesSnapshot(experiment, frozenset(impressions_store.unavailable(self.store)))
+        try:
+            override = impressions_store.read_setting(self.store, impressions_store.EXPERIMENT_KEY)
+            # The stored setting holds mode, share and salt; planning values stay params.yaml's.
+            experiment = (
+                self.default
+                if override is None
+                else ExperimentParams(**(self.default.model_dump() | override))
+            )
+            snapshot = RulesSnapshot(experiment, frozenset(impressions_store.unavailable(self.store)))
+        except Exception as err:  # the last rules stay in force, and /health says they are stale
+            self.stale = f"{type(err).__name__}: {err}"[:500]
+            raise
+        self.current, self.stale = snapshot, None
         self.after_refresh(self.current)
         return self.current
+
+    @property
+    def stale_rules(self) -> tuple[str, ...]:
+        """The rules in force that could not be reread at the last refresh (none when it succeeded)."""
+        return () if self.stale is None else tuple(f.name for f in fields(RulesSnapshot))
 
     def start(self) -> None:
         def poll():
@@ -106,6 +119,7 @@ class OnlineLoop:
         on_written: Callable[[list[Impression]], None] = lambda batch: None,
         on_drop: Callable[[], None] = lambda: None,
         log_impressions: bool = True,
+        on_capped: Callable[[], None] = lambda: None,
     ) -> OnlineLoop:
         """The loop of one service: impressions written to `feedback`'s database, rules reread every
         `serve.rules_refresh_seconds`, the challenger loaded only while an experiment uses it."""
@@ -125,7 +139,14 @@ class OnlineLoop:
         return cls(
             challenger,
             RuntimeRules(feedback, serve.experiment, serve.rules_refresh_seconds, follow_experiment),
-            ImpressionLog(write, serve.impression_queue, on_drop=on_drop, enabled=log_impressions),
+            ImpressionLog(
+                write,
+                serve.impression_queue,
+                on_drop=on_drop,
+                enabled=log_impressions,
+                per_reader_per_minute=serve.limits.impressions_per_reader,
+                on_capped=on_capped,
+            ),
             timedelta(hours=serve.attribution_hours),
         )
 
@@ -153,9 +174,15 @@ class OnlineLoop:
             else None
         )
 
-    def log(self, model: Served, user_id: str, arm: str, shown: bool, surface: str, ids) -> str:
-        """Queue the impression of one list (item indices of `model`); its new request id."""
+    def log(
+        self, model: Served, user_id: str, arm: str, shown: bool, surface: str, ids, client: str | None = None
+    ) -> str:
+        """Queue the impression of one list (item indices of `model`); its new request id. Lists without
+        a reader ("<similar>", "<new reader>") count against their `client`'s impression cap."""
         request_id = uuid.uuid4().hex
         isbns = tuple(model.recommender.isbns[int(i)] for i in ids if i >= 0)
-        self.impressions.log(Impression(request_id, user_id, model.version, arm, shown, surface, isbns))
+        reader = f"{user_id}@{client}" if user_id.startswith("<") else user_id
+        self.impressions.log(
+            Impression(request_id, user_id, model.version, arm, shown, surface, isbns), reader
+        )
         return request_id

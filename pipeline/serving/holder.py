@@ -40,7 +40,9 @@ class LoadFailure:
 
 @dataclass(frozen=True)
 class ServingStatus:
-    status: str  # "ok", "degraded" (serving, but not what the alias names) or "no model"
+    status: (
+        str  # "ok", "degraded" (serving, but not what the alias names, or the alias unreadable) or "no model"
+    )
     serving_version: str | None
     production_version: str | None  # what the alias pointed at when last read
     error: str | None = None
@@ -62,6 +64,7 @@ class ModelHolder:
         self.poll_seconds = poll_seconds
         self.current: Served | None = None
         self.failure: LoadFailure | None = None
+        self.unreachable: str | None = None  # why the alias could not be read at the last refresh
         self.production_version: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -70,7 +73,12 @@ class ModelHolder:
     def refresh(self) -> bool:
         """Load the production version if it differs from the one served; True if it swapped."""
         with self._lock:
-            version = self._lookup()
+            try:
+                version = self._lookup()
+            except Exception as err:  # the registry cannot be read: keep serving, and say so
+                self.unreachable = f"the registry cannot be read: {type(err).__name__}: {err}"[:1000]
+                raise
+            self.unreachable = None
             self.production_version = version
             if version is None or (self.current is not None and self.current.version == version):
                 self.failure = None
@@ -107,8 +115,13 @@ class ModelHolder:
     def status(self) -> ServingStatus:
         if self.current is None:
             return ServingStatus(
-                "no model", None, self.production_version, self.failure and self.failure.error
+                "no model",
+                None,
+                self.production_version,
+                self.unreachable or (self.failure and self.failure.error),
             )
+        if self.unreachable is not None:  # what serves may no longer be what the alias names
+            return ServingStatus("degraded", self.current.version, self.production_version, self.unreachable)
         if self.failure is not None:
             return ServingStatus(
                 "degraded",
@@ -140,7 +153,9 @@ def _alias_holder(
     root: Path, lookup: Callable[[], str | None], poll_seconds: float, standing: StandingParams | None
 ) -> ModelHolder:
     from pipeline.ops import registry
+    from pipeline.serving.codelock import install
 
+    install()  # before the first load starts on the poller's thread: every later import takes the lock
     if standing is None:
         return ModelHolder(lambda version: registry.load_recommender(root, version), lookup, poll_seconds)
     warmup = StandingWarmup(standing)

@@ -1,8 +1,9 @@
-"""The API's request guard and Prometheus instruments: body size limit, request counts and latency per
-route, batch sizes, the serving version, degradation, impressions."""
+"""The API's request guard and Prometheus instruments: body size limit, rate limit per client, request
+counts and latency per route, batch sizes, the serving version, degradation, impressions."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -12,16 +13,46 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 MAX_BODY_BYTES = 64 * 1024
 
 
+class ClientRateLimit:
+    """At most `rate` requests per client address (a moving window of the `limits` library, in memory:
+    per process); the monitoring routes are never limited. An empty rate limits nothing."""
+
+    UNLIMITED_PATHS = ("/health", "/metrics")
+
+    def __init__(self, rate: str):
+        from limits import parse_many, storage, strategies
+
+        self.items = parse_many(rate) if rate else []
+        self.limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+
+    def retry_after(self, scope) -> int | None:
+        """None when the request may go on; else the seconds until its client may ask again."""
+        if not self.items or scope["path"] in self.UNLIMITED_PATHS:
+            return None
+        client = (scope.get("client") or ("unknown",))[0]
+        for item in self.items:
+            if not self.limiter.hit(item, "client", client):
+                reset = self.limiter.get_window_stats(item, "client", client).reset_time
+                return max(1, math.ceil(reset - time.time()))
+        return None
+
+
 class GuardAndMeasure:
     """Pure ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware on the hot path): refuses bodies
-    over MAX_BODY_BYTES with 413, and counts requests and their latency per route for /metrics."""
+    over MAX_BODY_BYTES with 413 and clients over their rate with 429, and counts requests and their
+    latency per route for /metrics."""
 
-    def __init__(self, app, requests: Counter, latency: Histogram):
-        self.app, self.requests, self.latency = app, requests, latency
+    def __init__(self, app, requests: Counter, latency: Histogram, limit: ClientRateLimit | None = None):
+        self.app, self.requests, self.latency, self.limit = app, requests, latency, limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self.limit is not None and (wait := self.limit.retry_after(scope)) is not None:
+            self.requests.labels("rate limited", "429").inc()
+            detail = f"too many requests from this client; retry in {wait} s"
+            response = JSONResponse({"detail": detail}, status_code=429, headers={"Retry-After": str(wait)})
+            return await response(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return await self._too_large(send)
@@ -76,6 +107,7 @@ class Instruments:
     degraded: Gauge  # 1 when the alias names a version that is not serving (or nothing serves)
     impressions: Counter  # lists logged, per arm and whether shown
     impressions_dropped: Counter  # lists not logged because the queue was full
+    impressions_capped: Counter  # lists not logged because their reader's per-minute cap was reached
     online: Gauge  # online metrics of the last days, per version, arm and metric
     standing: Gauge  # readers whose standing list the serving version keeps
 
@@ -107,6 +139,11 @@ class Instruments:
             Gauge("bookrec_model_degraded", "1 when production could not be loaded", registry=registry),
             Counter("bookrec_impressions", "Served lists logged", ["arm", "shown"], registry=registry),
             Counter("bookrec_impressions_dropped", "Served lists not logged: queue full", registry=registry),
+            Counter(
+                "bookrec_impressions_capped",
+                "Served lists not logged: the reader's impressions per minute (serve.limits) were reached",
+                registry=registry,
+            ),
             Gauge(
                 "bookrec_online",
                 "Online metrics of the served lists (last 7 days)",

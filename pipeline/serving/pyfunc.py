@@ -18,9 +18,10 @@ at import time for the same reason.
 
 from __future__ import annotations
 
+import builtins
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import mlflow
@@ -42,6 +43,15 @@ def own_code(code_dir: Path) -> Iterator[None]:
     if not (code_dir / PACKAGE / "__init__.py").is_file():
         yield
         return
+    # The process's code lock (pipeline/serving/codelock.py), when the loading process installed it:
+    # held by the caller already (re-entrant), taken here too for a load that did not go through it.
+    lock = getattr(builtins.__import__, "code_lock", None)
+    with lock if lock is not None else nullcontext(), _swapped_in(code_dir):
+        yield
+
+
+@contextmanager
+def _swapped_in(code_dir: Path) -> Iterator[None]:
     saved = _package_modules()
     for name in saved:
         del sys.modules[name]

@@ -16,10 +16,11 @@ ISBN = PathParam(min_length=1, max_length=32, pattern=r"^[\w.-]+$", description=
 K = Query(10, ge=1, le=MAX_K, description="How many books")
 BEARER = HTTPBearer(auto_error=False, description="The API's write token (run/api_token)")
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+MAX_EXCLUDE = 50  # books one request may exclude, however the list is written
 EXCLUDE = Query(
     [],
-    max_length=50,
-    description="ISBNs never to list in this answer (repeat the parameter, or comma-separate)",
+    max_length=MAX_EXCLUDE,
+    description=f"ISBNs never to list in this answer (repeat the parameter, or comma-separate; at most {MAX_EXCLUDE})",
 )
 HISTORY = Query(
     "all",
@@ -106,7 +107,14 @@ class NewReader(BaseModel):
 
 
 class Health(BaseModel):
-    status: str = Field(description="ok, degraded (serving, but not the version the alias names) or no model")
+    status: str = Field(
+        description="ok; degraded (serving, but not the version the alias names, the registry cannot be "
+        "read, or run-time rules are stale); or no model"
+    )
     model_version: str | None = Field(description="the version actually serving")
     production_version: str | None = Field(None, description="the version the production alias names")
     error: str | None = None
+    stale_rules: list[str] = Field(
+        default_factory=list,
+        description="run-time rules in force that could not be reread from the store (experiment, unavailable books)",
+    )

@@ -94,6 +94,27 @@ def write_impressions(store: FeedbackStore, batch: list[Impression]) -> None:
         connection.execute(impressions.insert(), rows)
 
 
+class ReaderCap:
+    """At most `per_minute` impressions per reader (a moving window of the `limits` library), so that
+    reads cannot grow the store without bound; what it turns away is counted."""
+
+    def __init__(self, per_minute: int, on_capped: Callable[[], None] = lambda: None):
+        self.capped, self._on_capped = 0, on_capped
+        self._item = self._limiter = None
+        if per_minute > 0:
+            from limits import RateLimitItemPerMinute, storage, strategies
+
+            self._item = RateLimitItemPerMinute(per_minute)
+            self._limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+
+    def admits(self, reader: str) -> bool:
+        if self._limiter is None or self._limiter.hit(self._item, "impressions", reader):
+            return True
+        self.capped += 1
+        self._on_capped()
+        return False
+
+
 class ImpressionLog:
     """A bounded queue of impressions and the thread that writes them; counts what it drops."""
 
@@ -105,8 +126,11 @@ class ImpressionLog:
         linger_seconds: float = 0.5,
         on_drop: Callable[[], None] = lambda: None,
         enabled: bool = True,
+        per_reader_per_minute: int = 0,
+        on_capped: Callable[[], None] = lambda: None,
     ):
         self._write, self._batch_size, self._on_drop, self.enabled = write, batch_size, on_drop, enabled
+        self._cap = ReaderCap(per_reader_per_minute, on_capped)
         # Wait this long after the first impression of a batch for more: one commit per batch, not
         # per request, under load (an SQLite commit is an fsync).
         self._linger = linger_seconds
@@ -115,9 +139,12 @@ class ImpressionLog:
         self._thread = threading.Thread(target=self._run, name="impression-writer", daemon=True)
         self._thread.start()
 
-    def log(self, impression: Impression) -> bool:
-        """Queue one impression; False (and counted) if the queue is full. Never blocks."""
+    def log(self, impression: Impression, reader: str | None = None) -> bool:
+        """Queue one impression; False (and counted) if its `reader` (default: its user id) reached the
+        per-minute cap or the queue is full. Never blocks."""
         if not self.enabled:  # `bookrec serve --no-impressions` (the benchmark's reference)
+            return False
+        if not self._cap.admits(reader or impression.user_id):
             return False
         try:
             self._queue.put_nowait(impression)

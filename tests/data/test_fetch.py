@@ -102,3 +102,35 @@ def test_cli_reports_a_mismatch_with_exit_status_1(project, synthetic_bx):
     assert "error:" in done.stderr and "SHA-256 mismatch" in done.stderr and "Traceback" not in done.stderr
     assert not (project / "data" / "raw" / "book-crossing").exists()
     assert not any((project / "data" / "raw").iterdir())  # no staging folder left behind
+
+
+def test_published_files_that_fail_their_check_are_never_replaced_silently(tmp_path, synthetic_bx):
+    """An edited copy whose check fails is not overwritten by the original dump without --force, and a
+    fetch that does replace published files says what it replaced and why."""
+    raw = tmp_path / "raw"
+    fetch(raw, tmp_path / "cache", source=synthetic_bx.folder, show_progress=False, allow_modified=True)
+    users = raw / "BX-Users.csv"
+    users.write_bytes(users.read_bytes() + b'"999999";"edited by hand";NULL\n')
+    edited = users.read_bytes()
+    with pytest.raises(FetchError, match=r"fail their check: .*SHA-256 mismatch.*--force"):
+        fetch(raw, tmp_path / "cache", show_progress=False)
+    assert users.read_bytes() == edited  # untouched
+
+    other = _copy_synthetic(synthetic_bx, tmp_path / "other", gz={"BX-Users.csv"})
+    manifest = fetch(raw, tmp_path / "cache", source=other, show_progress=False, allow_modified=True)
+    assert manifest["replaced"]["what"] == f"variant 'modified' from {synthetic_bx.folder.resolve()}"
+    assert "SHA-256 mismatch" in manifest["replaced"]["why"]
+    again = fetch(raw, tmp_path / "cache", source=other, show_progress=False, allow_modified=True)
+    assert "replaced" not in again  # the same files again replace nothing
+
+
+def test_cli_refuses_to_replace_a_damaged_copy_and_says_what_it_replaced(project, synthetic_bx):
+    fetch_modified = ["bookrec", "data", "fetch", "--source", str(synthetic_bx.folder), "--allow-modified"]
+    run(fetch_modified, project)
+    ratings = project / "data" / "raw" / "book-crossing" / "BX-Book-Ratings.csv"
+    ratings.write_bytes(ratings.read_bytes()[:-100])
+    refused = run(["bookrec", "data", "fetch"], project, check=False)
+    assert refused.returncode == 1
+    assert "fail their check" in refused.stderr and "--force" in refused.stderr
+    replaced = run(fetch_modified, project)
+    assert "replaced variant 'modified'" in replaced.stderr and "SHA-256 mismatch" in replaced.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeline import io
 from pipeline.ops import registry, tracking
 from tests.conftest import BIN, REPO_ROOT, copy_project, free_port, run, use_small_params
 
@@ -88,13 +89,25 @@ def test_dag_end_to_end_then_rerun_skips_data_stages(airflow_db, tmp_path, synth
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
 
-    first = load_dag(root / "dags").test()
+    # The first run of `make up`: the gate's reference baselines only, then a model in production.
+    first = load_dag(root / "dags").test(run_conf={"baselines.reference_only": True})
     states = {ti.task_id: ti.state for ti in first.get_task_instances()}
     assert first.state == "success", states
     client = tracking.client(root)
     production = registry.production_version(client)
     assert production is not None
     versions = len(registry.list_versions(client))
+    assert set(io.read_json(root / "reports" / "baselines.json")) == {"random", "popularity"}
+
+    # The run `make up` starts next computes every baseline and evaluates again; nothing else reruns.
+    completing = load_dag(root / "dags").test()
+    assert completing.state == "success"
+    results = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in completing.get_task_instances()}
+    assert [s for s in ("ingest", "preprocess", "features", "train") if not results[s]["skipped"]] == []
+    assert results["baselines"]["ran"] == ["baselines"] and results["evaluate"]["skipped"] is False
+    assert results["register"]["created"] is False
+    assert {"itemknn_bm25", "als"} <= set(io.read_json(root / "reports" / "baselines.json"))
+    assert {"ncf", "popularity", "als"} <= set(io.read_json(root / "reports" / "metrics.json"))
 
     second = load_dag(root / "dags").test()  # a fresh DAG object: conf must not leak between runs
     assert second.state == "success"

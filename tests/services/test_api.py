@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BIN, build_synthetic_project, free_port, register_broken_copy, run
+from tests.conftest import BIN, REPO_ROOT, build_synthetic_project, free_port, register_broken_copy, run
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +77,7 @@ def test_health_docs_and_metrics(service):
         "model_version": "1",
         "production_version": "1",
         "error": None,
+        "stale_rules": [],
     }
     schema = httpx.get(f"{service.url}/openapi.json").json()
     assert {
@@ -414,3 +415,182 @@ def test_schemathesis_finds_no_server_errors(service, tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_health_is_degraded_while_the_registry_cannot_be_read_or_the_rules_are_stale(project, service):
+    """The registry's database locked by another writer, then the run-time rules' table gone: the
+    version loaded keeps serving, and /health says degraded and why, until both are back."""
+    import sqlite3
+
+    serving = wait_for_health(service, lambda h: h["status"] == "ok")["model_version"]
+    registry_db = sqlite3.connect(project / "mlruns" / "mlflow.db", timeout=30, isolation_level=None)
+    registry_db.execute("BEGIN EXCLUSIVE")
+    try:
+        health = wait_for_health(service, lambda h: h["status"] != "ok", seconds=45)
+        assert health["status"] == "degraded" and health["model_version"] == serving
+        assert "the registry cannot be read" in health["error"]
+        assert httpx.get(f"{service.url}/recommendations/1000").status_code == 200  # still serving
+    finally:
+        registry_db.execute("ROLLBACK")
+        registry_db.close()
+    wait_for_health(service, lambda h: h["status"] == "ok")
+
+    feedback_db = sqlite3.connect(
+        project / "data" / "feedback" / "feedback.db", timeout=30, isolation_level=None
+    )
+    feedback_db.execute("ALTER TABLE settings RENAME TO settings_away")
+    try:
+        health = wait_for_health(service, lambda h: h.get("stale_rules"), seconds=30)
+        assert health["status"] == "degraded" and set(health["stale_rules"]) == {"experiment", "unavailable"}
+        assert "run-time rules could not be reread" in health["error"]
+        assert "bookrec_model_degraded 1.0" in httpx.get(f"{service.url}/metrics").text
+    finally:
+        feedback_db.execute("ALTER TABLE settings_away RENAME TO settings")
+        feedback_db.close()
+    wait_for_health(service, lambda h: h["status"] == "ok" and not h["stale_rules"])
+
+
+def test_exclude_takes_at_most_50_books_however_written(service):
+    isbns = [f"{n:010d}" for n in range(51)]
+    url = f"{service.url}/recommendations/1000"
+    for exclude in ([",".join(isbns)], [",".join(isbns[:30]), ",".join(isbns[30:])], isbns):
+        answer = httpx.get(url, params={"exclude": exclude})
+        assert answer.status_code == 422 and "at most 50" in answer.text, (len(exclude), answer.text)
+    assert httpx.get(url, params={"exclude": ",".join(isbns[:50])}).status_code == 200
+    similar = httpx.get(f"{service.url}/books/1000000011/similar", params={"exclude": ",".join(isbns)})
+    assert similar.status_code == 422
+
+
+@pytest.fixture(scope="module")
+def served_model(project):
+    from pipeline.serving.service import BookRecommender
+
+    return BookRecommender.from_folder(project / "models" / "ncf")
+
+
+def bounded_app(project, model, tmp_path, read_token: str | None = None, **limits):
+    """The API app in process over `model`, with params.yaml's serve section and these `limits`."""
+    from pipeline.config import load_params
+    from pipeline.serving.api import create_app
+    from pipeline.serving.holder import ModelHolder
+    from pipeline.storage.feedback import FeedbackStore
+
+    serve = load_params(REPO_ROOT).serve
+    serve = serve.model_copy(
+        update={"limits": serve.limits.model_copy(update=limits), "read_token": read_token is not None}
+    )
+    holder = ModelHolder(lambda version: model, lambda: "1", poll_seconds=60)
+    holder.refresh()
+    feedback = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
+    app = create_app(holder, feedback, "write-token", start_polling=False, serve=serve, read_token=read_token)
+    return app, feedback
+
+
+def test_a_client_over_its_rate_gets_429_and_monitoring_stays_open(project, served_model, tmp_path):
+    from fastapi.testclient import TestClient
+
+    app, _ = bounded_app(project, served_model, tmp_path, requests_per_client="5/minute")
+    with TestClient(app) as client:
+        assert [client.get("/recommendations/1000").status_code for _ in range(5)] == [200] * 5
+        refused = client.get("/books/1000000011/similar")
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert "too many requests" in refused.json()["detail"]
+        assert client.get("/health").status_code == 200
+        assert (
+            'bookrec_requests_total{endpoint="rate limited",status="429"} 1.0' in client.get("/metrics").text
+        )
+
+
+def test_impressions_per_reader_are_capped_and_the_dropped_lists_counted(project, served_model, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from pipeline.storage.impressions import impressions_frame
+
+    app, feedback = bounded_app(project, served_model, tmp_path, impressions_per_reader=3)
+    with TestClient(app) as client:
+        answers = [client.get("/recommendations/1000") for _ in range(5)]
+        assert all(a.status_code == 200 and a.json()["books"] for a in answers)  # served all the same
+        client.get("/recommendations/1001")
+        metrics = client.get("/metrics").text
+    logged = impressions_frame(feedback)
+    assert (logged["user_id"] == "1000").sum() == 3 and (logged["user_id"] == "1001").sum() == 1
+    assert "bookrec_impressions_capped_total 2.0" in metrics
+
+
+def test_reads_can_be_put_behind_a_token(project, served_model, tmp_path):
+    from fastapi.testclient import TestClient
+
+    app, _ = bounded_app(project, served_model, tmp_path, read_token="read-token")
+    with TestClient(app) as client:
+        assert client.get("/recommendations/1000").status_code == 401
+        wrong = client.get("/recommendations/1000", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 403
+        for token in ("read-token", "write-token"):
+            headers = {"Authorization": f"Bearer {token}"}
+            assert client.get("/books/1000000011/similar", headers=headers).status_code == 200
+        read_only = {"Authorization": "Bearer read-token"}
+        write = client.post("/users/1000/interactions", json={"isbn": "1000000011"}, headers=read_only)
+        assert write.status_code == 403  # the read token never writes
+        assert client.get("/health").status_code == 200
+
+
+def test_similar_books_are_computed_off_the_event_loop(project, served_model, tmp_path):
+    """While one similar-books search computes, the loop still answers other requests."""
+    import asyncio
+
+    from pipeline.serving.service import BookRecommender
+
+    model = BookRecommender.from_folder(project / "models" / "ncf")
+    computing, release = threading.Event(), threading.Event()
+    search = model.rank_similar
+
+    def slow_search(*args, **kwargs):
+        computing.set()
+        release.wait(10)
+        return search(*args, **kwargs)
+
+    model.rank_similar = slow_search
+    app, _ = bounded_app(project, model, tmp_path)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            similar = asyncio.create_task(client.get("/books/1000000011/similar"))
+            while not computing.is_set():
+                await asyncio.sleep(0.01)
+            health = await client.get("/health")
+            answered_meanwhile = not similar.done()
+            release.set()
+            return health.status_code, answered_meanwhile, (await similar).status_code
+
+    assert asyncio.run(scenario()) == (200, True, 200)
+
+
+def test_a_full_scoring_queue_answers_503(project, tmp_path):
+    import asyncio
+
+    from pipeline.serving.service import BookRecommender
+
+    model = BookRecommender.from_folder(project / "models" / "ncf")
+    release = threading.Event()
+    rank = model.rank
+
+    def slow_rank(*args, **kwargs):
+        release.wait(10)
+        return rank(*args, **kwargs)
+
+    model.rank = slow_rank
+    app, _ = bounded_app(project, model, tmp_path, pending_requests=2)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            asks = [asyncio.create_task(client.get(f"/recommendations/{1000 + n}")) for n in range(6)]
+            await asyncio.sleep(0.5)
+            release.set()
+            return await asyncio.gather(*asks)
+
+    answers = asyncio.run(scenario())
+    refused = [a for a in answers if a.status_code == 503]
+    assert refused and all("at capacity" in a.json()["detail"] and a.headers["retry-after"] for a in refused)
+    assert {a.status_code for a in answers} == {200, 503}

@@ -379,3 +379,69 @@ def test_loading_versions_from_a_thread_changes_no_process_wide_state(project, m
     assert not errors and holder.current is not None
     assert [key for key in environ.writes if key.startswith("MLFLOW")] == []
     assert mlflow.get_tracking_uri() == uri_before
+
+
+def test_production_and_challenger_loaded_concurrently_each_serve_their_own_code(project, client, tmp_path):
+    """Two versions whose code differs (the challenger's scoring formula negated), loaded again and
+    again on two threads at once while a third keeps ranking with a loaded model and importing
+    `pipeline` modules: every load serves its own version's lists, and the process keeps its own
+    `pipeline` throughout (pipeline/serving/codelock.py)."""
+    import sys
+    import threading
+
+    import mlflow
+
+    from tests.conftest import REPO_ROOT
+
+    source = client.get_model_version_download_uri(registry.MODEL_NAME, "1")
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp_path / "v1")))
+    changed = tmp_path / "changed"
+    shutil.copytree(folder, changed)
+    ncf = changed / "code" / "pipeline" / "model" / "ncf.py"
+    ncf.write_text(ncf.read_text().replace("        return scores\n", "        return -scores\n", 1))
+    challenger = client.create_model_version(registry.MODEL_NAME, str(changed)).version
+    readers = ["1000", "1001", "1002", "stranger"]
+
+    def lists(version: str) -> list[str]:
+        return registry.load_recommender(project, version).recommend(readers, 10)["isbn"].tolist()
+
+    expected = {version: lists(version) for version in ("1", str(challenger))}
+    assert expected["1"] != expected[str(challenger)]  # the two codes rank differently
+    served = registry.load_recommender(project, "1")
+    problems: list[str] = []
+    loading = threading.Event()
+
+    def load_again(version: str) -> None:
+        try:
+            for _ in range(4):
+                if lists(version) != expected[version]:
+                    problems.append(f"version {version} served another version's code")
+        except Exception as err:  # surfaced below
+            problems.append(f"loading {version}: {type(err).__name__}: {err}")
+
+    def requests() -> None:
+        while loading.is_set():
+            if served.recommend(readers, 10)["isbn"].tolist() != expected["1"]:
+                problems.append("a loaded model changed its lists")
+            namespace: dict = {}
+            exec("from pipeline.ops import history", namespace)  # an import statement, as a handler runs one
+            if not namespace["history"].__file__.startswith(str(REPO_ROOT / "pipeline")):
+                problems.append(f"an import on a request thread found {namespace['history'].__file__}")
+
+    loaders = [threading.Thread(target=load_again, args=(v,)) for v in expected]
+    prober = threading.Thread(target=requests)
+    loading.set()
+    prober.start()
+    for thread in loaders:
+        thread.start()
+    for thread in loaders:
+        thread.join(timeout=600)
+    loading.clear()
+    prober.join(timeout=60)
+    assert problems == []
+    found = {
+        name: getattr(m, "__file__", "") or ""
+        for name, m in sys.modules.items()
+        if name.startswith("pipeline")
+    }
+    assert all(path.startswith(str(REPO_ROOT)) or not path for path in found.values()), found
