@@ -77,8 +77,8 @@ def main() -> None:
     from pipeline.ops import registry, tracking
 
     tags = tracking.client(ws.root).get_model_version(registry.MODEL_NAME, second["version"]).tags
-    print("readers compared:", tags["gate.readers"])
-    for comparison in json.loads(tags["gate.comparisons"]):
+    print("readers compared:", tags["gate_readers"])
+    for comparison in json.loads(tags["gate_comparisons"]):
         for name in ("ndcg", "coverage", "novelty"):
             got = comparison[name]
             print(

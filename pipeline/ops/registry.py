@@ -123,11 +123,11 @@ def record_decision(client, decision: GateDecision, thresholds: GateThresholds) 
         "gate": "passed" if decision.passed else "refused",
         "gate_reasons": json.dumps(decision.reasons),
         "gate_at": stamp,
-        "gate.thresholds": json.dumps(asdict(thresholds)),
-        "gate.references": json.dumps(decision.references),
-        "gate.readers": str(decision.readers),
-        "gate.rules": decision.rules,
-        "gate.comparisons": json.dumps(
+        "gate_thresholds": json.dumps(asdict(thresholds)),
+        "gate_references": json.dumps(decision.references),
+        "gate_readers": str(decision.readers),
+        "gate_rules": decision.rules,
+        "gate_comparisons": json.dumps(
             [
                 {
                     "reference": c.reference,
@@ -136,7 +136,7 @@ def record_decision(client, decision: GateDecision, thresholds: GateThresholds) 
                 for c in decision.comparisons
             ]
         ),
-        **({} if decision.online is None else {"gate.online": json.dumps(decision.online)}),
+        **({} if decision.online is None else {"gate_online": json.dumps(decision.online)}),
     }
     for key, value in tags.items():
         client.set_model_version_tag(MODEL_NAME, decision.version, key, value[:4900])
@@ -151,7 +151,7 @@ def gate_override(client, version: str, reason: str) -> dict[str, str | None]:
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     client.get_model_version(MODEL_NAME, str(version))  # raises if it does not exist
     client.set_model_version_tag(
-        MODEL_NAME, str(version), "gate.override", json.dumps({"at": stamp, "reason": reason[:4000]})
+        MODEL_NAME, str(version), "gate_override", json.dumps({"at": stamp, "reason": reason[:4000]})
     )
     return promote(client, str(version), reason, by="gate override (bookrec registry promote)")
 

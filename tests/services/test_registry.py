@@ -150,12 +150,12 @@ def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client)
     assert outcome["gate"] == "passed", outcome["reasons"]
     # the decision is recorded as structured tags: thresholds, references, differences, readers
     tags = client.get_model_version(registry.MODEL_NAME, outcome["version"]).tags
-    assert json.loads(tags["gate.thresholds"])["margin"] == Workspace.load(project)[1].gate.margin
-    assert json.loads(tags["gate.references"])["production"] == production_before
-    compared = json.loads(tags["gate.comparisons"])
+    assert json.loads(tags["gate_thresholds"])["margin"] == Workspace.load(project)[1].gate.margin
+    assert json.loads(tags["gate_references"])["production"] == production_before
+    compared = json.loads(tags["gate_comparisons"])
     assert compared[0]["reference"] == production_before and compared[0]["ndcg"]["method"] == "paired t"
     assert compared[0]["ndcg"]["low"] <= compared[0]["ndcg"]["estimate"] <= compared[0]["ndcg"]["high"]
-    assert int(tags["gate.readers"]) == compared[0]["ndcg"]["units"] > 0
+    assert int(tags["gate_readers"]) == compared[0]["ndcg"]["units"] > 0
     assert str(registry.production_version(client).version) == outcome["version"]
     aliases = client.get_registered_model(registry.MODEL_NAME).aliases
     assert str(aliases["previous"]) == production_before
@@ -182,7 +182,7 @@ def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client)
     last = registry.serving_history(client)[-1]
     assert last["by"].startswith("gate override") and last["reason"] == "back again"
     assert (
-        json.loads(client.get_model_version(registry.MODEL_NAME, outcome["version"]).tags["gate.override"])[
+        json.loads(client.get_model_version(registry.MODEL_NAME, outcome["version"]).tags["gate_override"])[
             "reason"
         ]
         == "back again"
