@@ -1,7 +1,7 @@
 """Time of one training step as the catalog grows, the batch staying the same.
 
     python benchmarks/train_step.py [--root PATH] [--scales 1,10,100] [--steps 12] [--warmup 3]
-                                    [--threads 0] [--optimizer sparse_adam|rowwise_adagrad]
+                                    [--threads 0] [--optimizer auto|adam|lazy_adam|rowwise_adagrad]
 
 Needs the trained model and the data of `dvc repro` (models/ncf, data/processed, data/features).
 At scale s the catalog holds s times Book-Crossing's books: the trained item tables (book-id
@@ -79,7 +79,7 @@ def scaled_data(data: TrainingData, copies: int) -> TrainingData:
     )
 
 
-def time_steps(model, data, params, steps: int, warmup: int) -> tuple[list[float], list[int]]:
+def time_steps(model, data, params, steps: int, warmup: int) -> tuple[list[float], list[int], list]:
     epoch = _Epoch.of(data, params, torch.device("cpu"))
     steppers = optimizers(
         model, params.lr, params.embedding_lr, params.embedding_optimizer, params.mlp_weight_decay
@@ -101,7 +101,7 @@ def time_steps(model, data, params, steps: int, warmup: int) -> tuple[list[float
         if step >= warmup:
             times.append(elapsed)
             distinct.append(int(model.item_gmf.ids.weight.grad.coalesce().indices().shape[1]))
-    return times, distinct
+    return times, distinct, steppers
 
 
 def main() -> None:
@@ -122,20 +122,23 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     print(
         f"batch {train_params.batch_size} positives x {train_params.negatives} negatives "
-        f"(hardest {train_params.hard_negatives}), {train_params.embedding_optimizer}, "
+        f"(hardest {train_params.hard_negatives}), tables' optimizer {train_params.embedding_optimizer}, "
         f"{torch.get_num_threads()} threads"
     )
     base = None
     for copies in (int(s) for s in args.scales.split(",")):
         model = scaled_model(trained, copies, generator) if copies > 1 else trained
-        times, distinct = time_steps(model, scaled_data(data, copies), train_params, args.steps, args.warmup)
+        times, distinct, steppers = time_steps(
+            model, scaled_data(data, copies), train_params, args.steps, args.warmup
+        )
         median = statistics.median(times)
         base = base or median
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(
             f"{copies:>4}x: {model.config.n_items:>9,} books  step median {median * 1000:7.1f} ms "
             f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})  x{median / base:.2f} of 1x  "
-            f"distinct books per batch {int(np.mean(distinct)):,}  peak RSS so far {rss:.1f} GiB",
+            f"distinct books per batch {int(np.mean(distinct)):,}  {type(steppers[0]).__name__}  "
+            f"peak RSS so far {rss:.1f} GiB",
             flush=True,
         )
         del model

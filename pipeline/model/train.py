@@ -86,6 +86,7 @@ class History:
     seconds_total: float = 0.0
     stopped_because: str = ""
     sampler_collision_rate: float = 0.0
+    embedding_optimizer: str = ""  # the tables' optimizer that trained (train.embedding_optimizer resolved)
 
     def as_dict(self) -> dict:
         return {key: getattr(self, key) for key in self.__dataclass_fields__}
@@ -336,7 +337,12 @@ def fit(
     parallel = _DataParallel(params) if distributed.active() else None
     main = distributed.is_main()
     steppers = optimizers(
-        model, params.lr, params.embedding_lr, params.embedding_optimizer, params.mlp_weight_decay
+        model,
+        params.lr,
+        params.embedding_lr,
+        params.embedding_optimizer,
+        params.mlp_weight_decay,
+        params.optimizer_state_gib,
     )
     schedules = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=params.lr_decay) for o in steppers]
     history, best = History(), _BestWeights()
@@ -348,6 +354,9 @@ def fit(
     for epoch in progress:
         rate = steppers[-1].param_groups[0]["lr"]
         loss = _train_epoch(model, data, epoch_data, steppers, params, generator, parallel, epoch)
+        for optimizer in steppers:  # rows the last steps did not touch get what Adam owed them
+            if hasattr(optimizer, "catch_up"):
+                optimizer.catch_up()
         for schedule in schedules:
             schedule.step()
         row = {"epoch": epoch, "loss": loss, "lr": rate}
@@ -399,6 +408,7 @@ def fit(
     model.eval()
     history.seconds_total = time.perf_counter() - started
     history.sampler_collision_rate = epoch_data.sampler.stats.collision_rate
+    history.embedding_optimizer = type(steppers[0]).__name__
     return history
 
 

@@ -12,7 +12,7 @@ import torch
 from pipeline.evaluation.evaluate import ndcg_of
 from pipeline.model.losses import bpr_loss, item_l2
 from pipeline.model.ncf import TrainingRows
-from pipeline.model.optim import RowwiseAdagrad, optimizers
+from pipeline.model.optim import DeferredAdam, RowwiseAdagrad, optimizers
 from pipeline.model.recommender import NCFRecommender
 from pipeline.model.train import TrainingFailed, _batch_loss, _Epoch, build_model, fit
 from tests.model.test_ncf import planted, small_params
@@ -32,6 +32,7 @@ def _step(model, data, epoch, batch, params, generator, steppers) -> None:
 
 
 def _optimizer_state(steppers, model) -> dict[str, dict[str, torch.Tensor]]:
+    """Every per-weight or per-row state tensor of the optimizers, cloned, by parameter name."""
     names = {id(p): name for name, p in model.named_parameters()}
     return {
         names[id(p)]: {key: value.clone() for key, value in state.items() if torch.is_tensor(value)}
@@ -40,7 +41,7 @@ def _optimizer_state(steppers, model) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
-@pytest.mark.parametrize("embedding_optimizer", ["sparse_adam", "rowwise_adagrad"])
+@pytest.mark.parametrize("embedding_optimizer", ["adam", "lazy_adam", "rowwise_adagrad"])
 def test_a_step_leaves_the_books_and_histories_it_did_not_touch_exactly_as_they_were(embedding_optimizer):
     data = planted()
     params = small_params(negatives=2, hard_negatives=1, embedding_optimizer=embedding_optimizer)
@@ -71,6 +72,7 @@ def test_a_step_leaves_the_books_and_histories_it_did_not_touch_exactly_as_they_
             for key, value in state[name].items():
                 if value.dim() and len(value) == len(after[name]):  # per-row or per-weight state
                     assert torch.equal(moved_state[name][key][untouched], value[untouched]), (name, key)
+                    assert not torch.equal(moved_state[name][key], value), (name, key)
 
 
 def test_the_step_on_the_batchs_distinct_books_is_the_step_over_every_slots_own_lookup():
@@ -102,6 +104,41 @@ def test_the_step_on_the_batchs_distinct_books_is_the_step_over_every_slots_own_
     torch.testing.assert_close(loss, every_slot)
     for name, p in model.named_parameters():
         torch.testing.assert_close(fast[name], p.grad.to_dense(), msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the compiled loop, torch's operations
+def test_deferred_adam_reaches_dense_adams_weights_when_it_catches_up(dtype):
+    """Dense Adam keeps moving a row after its gradient; DeferredAdam owes that motion and pays it when
+    the row is next touched or at a catch-up: the same weights and moments, step after step."""
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(40, 6, generator=generator, dtype=dtype) * 0.1
+    dense = torch.nn.Parameter(start.clone())
+    deferred = torch.nn.Parameter(start.clone())
+    reference = torch.optim.Adam([dense], lr=0.01)
+    adam = DeferredAdam([deferred], lr=0.01)
+    schedules = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.5) for o in (reference, adam)]
+    for step in range(1, 61):
+        # a few rows a step, some touched often, most rarely: gaps of every length up to 59 steps
+        rows = torch.unique(
+            torch.randint(0, 40, (int(torch.randint(1, 6, (1,), generator=generator)),), generator=generator)
+            ** 2
+            % 40
+        )
+        values = torch.randn(len(rows), 6, generator=generator, dtype=dtype)
+        dense.grad = torch.zeros_like(dense).index_copy_(0, rows, values)
+        deferred.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, deferred.shape)
+        reference.step()
+        adam.step()
+        if step % 20 == 0:  # an epoch ends: every row catches up, then the rate decays
+            adam.catch_up()
+            tolerance = 1e-5 if dtype == torch.float32 else 1e-9
+            torch.testing.assert_close(deferred.detach(), dense.detach(), atol=tolerance, rtol=1e-4)
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(
+                    adam.state[deferred][key], reference.state[dense][key], atol=tolerance, rtol=1e-4
+                )
+            for schedule in schedules:
+                schedule.step()
 
 
 def test_rowwise_adagrad_by_hand():
