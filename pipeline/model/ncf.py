@@ -19,6 +19,8 @@ of the first layer precomputed once (`item_cache`), so serving never runs the it
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
@@ -118,6 +120,24 @@ class CandidateRows(NamedTuple):
     bias: torch.Tensor  # (B, C)
 
 
+# Callbacks run on a table's rows before a training step reads them: an optimizer that defers the
+# updates of untouched rows (`optim.DeferredAdam`) brings them up to date here, so that every read
+# sees the weights that updating every row at every step would have given.
+# Keyed by the table's id (tensors compare element-wise, so they cannot be dictionary keys); an entry
+# goes when its table does.
+_BEFORE_READ: dict[int, Callable[[torch.Tensor], None]] = {}
+
+
+def before_training_reads(weight: torch.Tensor, callback: Callable[[torch.Tensor], None] | None) -> None:
+    """Run `callback(rows)` whenever a training step reads `rows` of `weight` (None: no longer)."""
+    if callback is None:
+        _BEFORE_READ.pop(id(weight), None)
+        return
+    if id(weight) not in _BEFORE_READ:
+        weakref.finalize(weight, _BEFORE_READ.pop, id(weight), None)
+    _BEFORE_READ[id(weight)] = callback
+
+
 class _DistinctRows(torch.autograd.Function):
     """`weight[rows]` for sorted, distinct `rows`; its gradient is the sparse (rows, grad) pair, built
     coalesced as it is (an embedding's own sparse gradient is marked uncoalesced and sorted again)."""
@@ -126,6 +146,8 @@ class _DistinctRows(torch.autograd.Function):
     def forward(ctx, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(rows)
         ctx.shape = weight.shape
+        if (callback := _BEFORE_READ.get(id(weight))) is not None:
+            callback(rows)
         return weight.index_select(0, rows)
 
     @staticmethod

@@ -5,10 +5,10 @@ plain Adam.
 `train.embedding_optimizer` chooses the tables' optimizer:
 - `adam` (`DeferredAdam`): Adam's own trajectory, with the work of the rows a step did not touch
   deferred. Dense Adam keeps moving a row for steps after its gradient (its momentum decays with
-  beta1, its second moment with beta2); here that tail of skipped steps is applied in closed form when
-  the row is next touched, and to every row at the end of an epoch (`catch_up`), so the weights a
-  validation sees are dense Adam's (up to eps in the skipped steps) while a step costs O(touched
-  rows). Two state values per weight and one per row.
+  beta1, its second moment with beta2); here that tail of skipped steps is applied in closed form just
+  before a step reads the row, and to every row at the end of an epoch (`catch_up`), so every read
+  and every validation sees dense Adam's weights (up to eps in the skipped steps) while a step costs
+  O(touched rows). Two state values per weight and one per row.
 - `lazy_adam` (`LazyAdam`): torch's SparseAdam algorithm, moments and weights moving only when
   touched; a rare book then moves about a tenth of what dense Adam moves it, which costs accuracy.
 - `rowwise_adagrad`: Adagrad with one accumulator per row, as TorchRec's embedding tables (FBGEMM's
@@ -25,10 +25,13 @@ backward together; on a GPU they are torch operations.
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import torch
 from torch import nn
+
+from pipeline.model.ncf import before_training_reads
 
 EMBEDDING_OPTIMIZERS = ("auto", "adam", "lazy_adam", "rowwise_adagrad")
 TAIL_STEPS = 300  # skipped steps whose momentum is summed: beta1 / sqrt(beta2) ** 300 is about 2e-14
@@ -104,6 +107,14 @@ class DeferredAdam(torch.optim.Optimizer):
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self.tails = _Tails(*betas)
+        for parameter in self.param_groups[0]["params"]:  # rows a step reads first catch up
+            before_training_reads(parameter, _reader(self, parameter))
+
+    def release(self) -> None:
+        """Training is over: reads no longer catch up (the callbacks hold no reference that would
+        keep this optimizer's state alive, but they cost a lookup)."""
+        for parameter in self.param_groups[0]["params"]:
+            before_training_reads(parameter, None)
 
     def _state(self, parameter: torch.Tensor) -> dict:
         state = self.state[parameter]
@@ -131,6 +142,20 @@ class DeferredAdam(torch.optim.Optimizer):
         self.tails.record(group["lr"])
 
     @torch.no_grad()
+    def _catch_up_rows(self, parameter: torch.Tensor, rows: torch.Tensor) -> None:
+        """`rows` of `parameter` owe nothing more (as of the last step): what a step reads is then
+        what dense Adam would read, and its own update owes no tail."""
+        if not self.tails.steps or parameter not in self.state:
+            return
+        (group,) = self.param_groups
+        now = self.tails.steps + 1
+        sums, start = self.tails.window(now)
+        state = self.state[parameter]
+        tables = (parameter, state["exp_avg"], state["exp_avg_sq"], state["last"])
+        owed = (now, sums, start, self.tails.settled, *group["betas"], group["eps"])
+        _deferred_adam(*tables, rows, None, owed, 0.0, 0.0)
+
+    @torch.no_grad()
     def catch_up(self) -> None:
         """Every row owes nothing more: apply the tails of the steps each row skipped since it was
         last touched (what dense Adam did at those steps), as of the last step."""
@@ -145,25 +170,50 @@ class DeferredAdam(torch.optim.Optimizer):
                 continue
             tables = (parameter, *(self.state[parameter][k] for k in ("exp_avg", "exp_avg_sq", "last")))
             owed = (now, sums, start, self.tails.settled, beta1, beta2, group["eps"])
-            _deferred_adam(*tables, None, None, owed, 0.0, 0.0)
+            _deferred_adam(
+                *tables, torch.arange(len(parameter), device=parameter.device), None, owed, 0.0, 0.0
+            )
+
+
+def _reader(optimizer: DeferredAdam, parameter: torch.Tensor):
+    """A read callback that keeps neither the optimizer nor the parameter alive."""
+    optimizer_ref, parameter_ref = weakref.ref(optimizer), weakref.ref(parameter)
+
+    def catch_up(rows: torch.Tensor) -> None:
+        owner, table = optimizer_ref(), parameter_ref()
+        if owner is not None and table is not None:
+            owner._catch_up_rows(table, rows)
+
+    return catch_up
 
 
 def _deferred_adam(weights, exp_avg, exp_avg_sq, last, rows, values, owed, size, eps_hat) -> None:
-    """The tails `rows` owe, then Adam's step with their gradient `values` (rows None: every row
-    catches up to step now - 1, no gradient)."""
+    """The tails the distinct `rows` owe, then Adam's step `now` with their gradient `values` (values
+    None: the rows only catch up to step now - 1)."""
     now, sums, start, settled, beta1, beta2, eps = owed
     if _compiled(weights):
         from pipeline.model.kernels import deferred_adam_rows
 
         arrays = [t.detach().numpy() for t in (weights, exp_avg, exp_avg_sq, last)]
-        every = rows is None
-        chosen = np.arange(len(weights)) if every else rows.numpy()
-        gradient = np.zeros((0, weights.shape[1]), np.float32) if every else values.contiguous().numpy()
+        stepping = values is not None
+        gradient = values.contiguous().numpy() if stepping else np.zeros((0, weights.shape[1]), np.float32)
         deferred_adam_rows(
-            *arrays, chosen, gradient, not every, now, sums, start, settled, beta1, beta2, eps, size, eps_hat
+            *arrays,
+            rows.numpy(),
+            gradient,
+            stepping,
+            now,
+            sums,
+            start,
+            settled,
+            beta1,
+            beta2,
+            eps,
+            size,
+            eps_hat,
         )
         return
-    chosen = torch.arange(len(weights), device=weights.device) if rows is None else rows
+    chosen = rows
     t0 = last.index_select(0, chosen)
     skipped = (now - 1 - t0).clamp(min=0)
     owing = (t0 > 0) & (skipped > 0)
@@ -179,13 +229,13 @@ def _deferred_adam(weights, exp_avg, exp_avg_sq, last, rows, values, owed, size,
     moved -= (tail.float().unsqueeze(1) * moment) / (square.sqrt() + eps)
     moment *= torch.where(owing, beta1**decay, 1.0).float().unsqueeze(1)
     square *= torch.where(owing, beta2**decay, 1.0).float().unsqueeze(1)
-    if rows is not None:
+    if values is not None:
         moment.lerp_(values, 1 - beta1)
         square.mul_(beta2).addcmul_(values, values, value=1 - beta2)
         moved.addcdiv_(moment, square.sqrt().add_(eps_hat), value=-size)
         last.index_fill_(0, chosen, now)
     else:
-        last.masked_fill_(last > 0, now - 1)
+        last.index_copy_(0, chosen, torch.where(t0 > 0, now - 1, t0))
     for table, rows_of_table in ((weights, moved), (exp_avg, moment), (exp_avg_sq, square)):
         table.index_copy_(0, chosen, rows_of_table)
 

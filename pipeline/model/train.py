@@ -409,6 +409,8 @@ def fit(
     history.seconds_total = time.perf_counter() - started
     history.sampler_collision_rate = epoch_data.sampler.stats.collision_rate
     history.embedding_optimizer = type(steppers[0]).__name__
+    if hasattr(steppers[0], "release"):
+        steppers[0].release()
     return history
 
 

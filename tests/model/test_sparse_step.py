@@ -11,7 +11,7 @@ import torch
 
 from pipeline.evaluation.evaluate import ndcg_of
 from pipeline.model.losses import bpr_loss, item_l2
-from pipeline.model.ncf import TrainingRows
+from pipeline.model.ncf import TrainingRows, distinct_rows
 from pipeline.model.optim import DeferredAdam, RowwiseAdagrad, optimizers
 from pipeline.model.recommender import NCFRecommender
 from pipeline.model.train import TrainingFailed, _batch_loss, _Epoch, build_model, fit
@@ -107,35 +107,38 @@ def test_the_step_on_the_batchs_distinct_books_is_the_step_over_every_slots_own_
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the compiled loop, torch's operations
-def test_deferred_adam_reaches_dense_adams_weights_when_it_catches_up(dtype):
+def test_deferred_adam_reads_and_reaches_dense_adams_weights(dtype):
     """Dense Adam keeps moving a row after its gradient; DeferredAdam owes that motion and pays it when
-    the row is next touched or at a catch-up: the same weights and moments, step after step."""
+    a training step reads the row or at a catch-up: the same weights and moments as torch's Adam."""
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(40, 6, generator=generator, dtype=dtype) * 0.1
     dense = torch.nn.Parameter(start.clone())
-    deferred = torch.nn.Parameter(start.clone())
+    table = torch.nn.Embedding(40, 6, sparse=True, dtype=dtype)
+    table.weight.data.copy_(start)
     reference = torch.optim.Adam([dense], lr=0.01)
-    adam = DeferredAdam([deferred], lr=0.01)
+    adam = DeferredAdam([table.weight], lr=0.01)
     schedules = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.5) for o in (reference, adam)]
+    tolerance = {"atol": 1e-5 if dtype == torch.float32 else 1e-9, "rtol": 1e-4}
     for step in range(1, 61):
         # a few rows a step, some touched often, most rarely: gaps of every length up to 59 steps
-        rows = torch.unique(
-            torch.randint(0, 40, (int(torch.randint(1, 6, (1,), generator=generator)),), generator=generator)
-            ** 2
-            % 40
+        drawn = torch.randint(
+            0, 40, (int(torch.randint(1, 6, (1,), generator=generator)),), generator=generator
         )
+        rows = torch.unique(drawn**2 % 40)
+        with torch.enable_grad():  # a training read: the rows catch up first, then the step's gradient
+            read = distinct_rows(table, rows)
+        torch.testing.assert_close(read.detach(), dense.detach()[rows], **tolerance)
         values = torch.randn(len(rows), 6, generator=generator, dtype=dtype)
         dense.grad = torch.zeros_like(dense).index_copy_(0, rows, values)
-        deferred.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, deferred.shape)
+        table.weight.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, table.weight.shape)
         reference.step()
         adam.step()
         if step % 20 == 0:  # an epoch ends: every row catches up, then the rate decays
             adam.catch_up()
-            tolerance = 1e-5 if dtype == torch.float32 else 1e-9
-            torch.testing.assert_close(deferred.detach(), dense.detach(), atol=tolerance, rtol=1e-4)
+            torch.testing.assert_close(table.weight.detach(), dense.detach(), **tolerance)
             for key in ("exp_avg", "exp_avg_sq"):
                 torch.testing.assert_close(
-                    adam.state[deferred][key], reference.state[dense][key], atol=tolerance, rtol=1e-4
+                    adam.state[table.weight][key], reference.state[dense][key], **tolerance
                 )
             for schedule in schedules:
                 schedule.step()
