@@ -209,6 +209,7 @@ class ServeParams(Section):
     impression_queue: int = Field(ge=1)
     attribution_hours: float = Field(gt=0)
     rules_refresh_seconds: float = Field(gt=0)
+    fold_in_seconds: float = Field(ge=0)
 
 
 class GateParams(Section):

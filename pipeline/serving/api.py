@@ -22,8 +22,9 @@ from pathlib import Path
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pipeline.config import ServeParams, load_params
+from pipeline.config import IngestParams, ServeParams, load_params
 from pipeline.serving.batching import RankBatcher
+from pipeline.serving.catalog_growth import CatalogGrowth
 from pipeline.serving.experiment import OnlineLoop
 from pipeline.serving.holder import ModelHolder, Served, challenger_holder, registry_holder
 from pipeline.serving.instruments import GuardAndMeasure, Instruments
@@ -33,6 +34,7 @@ from pipeline.serving.schemas import (
     ISBN,
     MAX_PER_AUTHOR,
     USER_ID,
+    AddedBook,
     BearerCredentials,
     ExperimentIn,
     ExperimentOut,
@@ -40,6 +42,7 @@ from pipeline.serving.schemas import (
     InteractionIn,
     InteractionOut,
     K,
+    NewBook,
     NewReader,
     Recommendations,
     SimilarBooks,
@@ -52,7 +55,9 @@ from pipeline.storage.feedback import FeedbackStore
 log = logging.getLogger("bookrec.api")
 
 
-def _lifespan(holder: ModelHolder, batcher: RankBatcher, online: OnlineLoop, start_polling: bool):
+def _lifespan(
+    holder: ModelHolder, batcher: RankBatcher, online: OnlineLoop, growth: CatalogGrowth, start_polling: bool
+):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         import torch
@@ -66,13 +71,19 @@ def _lifespan(holder: ModelHolder, batcher: RankBatcher, online: OnlineLoop, sta
             online.rules.refresh()
         except Exception:
             log.exception("could not read the run-time rules at start; using params.yaml's")
+        try:
+            growth.refresh()
+        except Exception:
+            log.exception("could not read the added books at start; serving the trained catalog")
         if start_polling:
             holder.start()
             online.rules.start()
+            growth.start()
         yield
         batcher.stop()
         holder.stop()
         online.rules.stop()
+        growth.stop()
         online.impressions.close()
 
     return lifespan
@@ -267,7 +278,14 @@ def bearer_guard(token: str):
     return guard
 
 
-def _write_routes(holder: ModelHolder, feedback: FeedbackStore, online: OnlineLoop, token: str) -> APIRouter:
+def _write_routes(
+    holder: ModelHolder,
+    feedback: FeedbackStore,
+    online: OnlineLoop,
+    growth: CatalogGrowth,
+    token: str,
+    ingest: IngestParams,
+) -> APIRouter:
     """Writes feed the next training run or change what every reader is shown: only holders of the
     token may make them."""
     router = APIRouter(dependencies=[Depends(bearer_guard(token))])
@@ -306,6 +324,19 @@ def _write_routes(holder: ModelHolder, feedback: FeedbackStore, online: OnlineLo
         online.rules.refresh()
         return Response(status_code=204)
 
+    @router.put("/admin/books/{isbn}", response_model=AddedBook)
+    def add_book(book: NewBook, isbn: str = ISBN) -> AddedBook:
+        """Add a book to the catalog (or correct one added before): served by every service within
+        `serve.rules_refresh_seconds` (here at once), kept for the next training run."""
+        from pipeline.storage.added_books import add_book_fields
+
+        try:
+            stored = add_book_fields(feedback, isbn, book.model_dump(), ingest)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        growth.refresh()
+        return AddedBook(**book.model_dump(), isbn=stored)
+
     @router.delete("/admin/books/{isbn}/unavailable", status_code=204)
     def mark_available(isbn: str = ISBN) -> Response:
         impressions_store.set_available(feedback, [isbn])
@@ -323,6 +354,7 @@ def create_app(
     challenger: ModelHolder | None = None,
     serve: ServeParams | None = None,
     log_impressions: bool = True,
+    ingest: IngestParams | None = None,
 ) -> FastAPI:
     """The app: operations (health, metrics), reads (recommendations, similar books, the experiment)
     and writes (live feedback, admin; bearer `write_token` required) over the model `holder` serves,
@@ -345,17 +377,21 @@ def create_app(
         log_impressions=log_impressions,
     )
     batcher = RankBatcher(observe_batch_size=instruments.batch_sizes.observe)
+    growth = CatalogGrowth(feedback, serve.rules_refresh_seconds, serve.fold_in_seconds)
+    for followed in (holder, challenger):
+        if followed is not None:
+            growth.follow(followed)
     app = FastAPI(
         title="bookrec API",
         version="1.0",
-        lifespan=_lifespan(holder, batcher, online, start_polling),
+        lifespan=_lifespan(holder, batcher, online, growth, start_polling),
         description="Real-time book recommendations from the registry's production model.",
     )
     app.add_middleware(GuardAndMeasure, requests=instruments.requests, latency=instruments.latency)
     for router in (
         _ops_routes(holder, feedback, online, instruments),
         _read_routes(holder, feedback, batcher, online),
-        _write_routes(holder, feedback, online, write_token),
+        _write_routes(holder, feedback, online, growth, write_token, ingest or load_params().ingest),
     ):
         app.include_router(router)
     return app
@@ -364,7 +400,8 @@ def create_app(
 def build_app(root: Path, poll_seconds: float = 10.0, log_impressions: bool = True) -> FastAPI:
     from pipeline.storage.secrets import api_token
 
-    serve = load_params(root).serve
+    params = load_params(root)
+    serve = params.serve
     return create_app(
         registry_holder(root, poll_seconds, serve.standing),
         FeedbackStore.for_root(root),
@@ -372,4 +409,5 @@ def build_app(root: Path, poll_seconds: float = 10.0, log_impressions: bool = Tr
         challenger=challenger_holder(root, poll_seconds, serve.standing),
         serve=serve,
         log_impressions=log_impressions,
+        ingest=params.ingest,
     )

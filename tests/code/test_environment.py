@@ -14,4 +14,6 @@ import pytest
 def test_installed_packages_are_precompiled(package):
     source = importlib.util.find_spec(package).origin  # found, not imported
     compiled = Path(importlib.util.cache_from_source(source))
-    assert compiled.is_file(), f"{package} was installed without bytecode ({compiled} missing): see make setup"
+    assert compiled.is_file(), (
+        f"{package} was installed without bytecode ({compiled} missing): see make setup"
+    )
