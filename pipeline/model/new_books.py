@@ -71,7 +71,7 @@ def reader_aggregate(vectors: UserVectors, readers: sp.csr_matrix, alpha: float)
     readers = sp.csr_matrix(readers, dtype=np.float32)
     counts = np.diff(readers.indptr)
     scale = np.power(np.maximum(counts, 1), -alpha).astype(np.float32)
-    table = torch.cat([vectors.gmf, vectors.mlp], dim=1).numpy()
+    table = torch.cat([vectors.gmf, vectors.mlp], dim=1).detach().numpy()
     summed = np.asarray(readers @ table, dtype=np.float32)
     return torch.from_numpy(summed * scale[:, None])
 
