@@ -218,6 +218,16 @@ def books_add(
     typer.echo(f"{add_books_file(store, Path(file), params.ingest)} books added to the catalog")
 
 
+@books_app.command("remove")
+@reports_errors
+def books_remove(isbns: Annotated[list[str], typer.Argument(help="ISBNs")]) -> None:
+    """Withdraw books added by mistake (books of the trained catalog: `bookrec books unavailable`)."""
+    from pipeline.storage.added_books import remove_books
+
+    store, _ = _feedback_store()
+    typer.echo(f"{remove_books(store, isbns)} added books removed")
+
+
 @books_app.command("unavailable")
 @reports_errors
 def books_unavailable(

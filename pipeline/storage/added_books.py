@@ -133,3 +133,10 @@ def add_book_fields(store: FeedbackStore, isbn: str, fields: dict, params) -> st
     books = check_added_books(raw, params, "request body")
     add_books(store, books)
     return str(books["isbn"].iloc[0])
+
+
+def remove_books(store: FeedbackStore, isbns) -> int:
+    """Withdraw added books (a book added by mistake): no service serves them after its next reread."""
+    wanted = [str(i).strip().upper() for i in isbns]
+    with store.engine.begin() as connection:
+        return connection.execute(added_books.delete().where(added_books.c.isbn.in_(wanted))).rowcount
