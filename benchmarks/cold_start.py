@@ -48,7 +48,7 @@ from pipeline.model.train import build_model, fit, training_data  # noqa: E402
 from pipeline.ranking import ListRules, Ranker  # noqa: E402
 from pipeline.serving.catalog_growth import Arrivals, grow, learned  # noqa: E402
 from pipeline.serving.service import BookRecommender  # noqa: E402
-from pipeline.storage.bundle import SPLIT_CODES, Bundle, load_bundle  # noqa: E402
+from pipeline.storage.bundle import Bundle, load_bundle, save_bundle  # noqa: E402
 
 FOLD_INS = (1, 3, 10)
 BOOK_COLUMNS = ["isbn", "title", "author", "year", "publisher", "image_url_s", "image_url_m", "image_url_l"]
@@ -77,7 +77,7 @@ def cold_copy(
     return cold, renumber
 
 
-def train_cold_model(cold: dict[str, pd.DataFrame], params) -> tuple[Bundle, dict]:
+def train_cold_model(cold: dict[str, pd.DataFrame], params, folder: Path, key: str) -> tuple[Bundle, dict]:
     """Stage train's recipe on the cold copy, through the public training API; the bundle in memory."""
     rules = ListRules(one_per_work=True, max_per_author=params.serve.max_per_author)
     splits = {name: cold[name] for name in ("train", "validation", "test")}
@@ -100,39 +100,49 @@ def train_cold_model(cold: dict[str, pd.DataFrame], params) -> tuple[Bundle, dic
     history = fit(model, data, params.train, lambda m: ndcg_at(network(m), validation, users, batch_size=512))
     neighbourhood, _ = choose_neighbourhood(network(model), validation, users, params.train.neighbourhood)
     seconds = time.perf_counter() - started
-    interactions = pd.concat(
-        [cold[name][["user_idx", "item_idx"]].assign(split=np.int8(SPLIT_CODES[name])) for name in splits]
-        + [cold["dislikes"][["user_idx", "item_idx"]].assign(split=np.int8(SPLIT_CODES["dislike"]))],
-        ignore_index=True,
-    )
     ids = {
         key: encoded.add_suffix("_id").rename(columns={f"{key}_id": key})
         for key, encoded in (("user_idx", user_features), ("item_idx", item_features))
     }
-    bundle = Bundle(
-        model=model,
-        users=cold["users"].merge(ids["user_idx"], on="user_idx").sort_values("user_idx", ignore_index=True),
-        items=cold["items"].merge(ids["item_idx"], on="item_idx").sort_values("item_idx", ignore_index=True),
-        interactions=interactions,
-        vocabulary=vocabulary,
-        metadata={
-            "min_explicit_rating": params.preprocess.min_explicit_rating,
-            "max_per_author": params.serve.max_per_author,
-            "age_range": [params.ingest.min_age, params.ingest.max_age],
-            "ann_threshold": params.serve.ann_threshold,
-            "retrieval": params.serve.retrieval.model_dump(),
-            "train_params": params.train.model_dump(mode="json"),
-        },
-        history=history.as_dict(),
-        neighbourhood=neighbourhood,
-    )
     summary = {
         "best_epoch": history.best_epoch,
         "validation_ndcg_at_10": history.best_validation_ndcg,
         "neighbourhood_weight": 0.0 if neighbourhood is None else neighbourhood.weight,
         "seconds": round(seconds, 1),
     }
-    return bundle, summary
+    metadata = {
+        "min_explicit_rating": params.preprocess.min_explicit_rating,
+        "max_per_author": params.serve.max_per_author,
+        "age_range": [params.ingest.min_age, params.ingest.max_age],
+        "ann_threshold": params.serve.ann_threshold,
+        "retrieval": params.serve.retrieval.model_dump(),
+        "train_params": params.train.model_dump(mode="json"),
+        "cold_start": key,
+        "cold_training": summary,
+    }
+    save_bundle(
+        folder,
+        model,
+        cold["users"].merge(ids["user_idx"], on="user_idx").sort_values("user_idx", ignore_index=True),
+        cold["items"].merge(ids["item_idx"], on="item_idx").sort_values("item_idx", ignore_index=True),
+        {**splits, "dislike": cold["dislikes"]},
+        vocabulary,
+        history.as_dict(),
+        metadata,
+        neighbourhood,
+    )
+    return load_bundle(folder), summary
+
+
+def cold_model(cold: dict[str, pd.DataFrame], params, folder: Path, key: str) -> tuple[Bundle, dict]:
+    """The cold model saved in `folder` by an earlier run with the same held-out books and params, or
+    a new one trained (and saved there: a rerun of the evaluation does not train again)."""
+    if (folder / "metadata.json").is_file() and io.read_json(folder / "metadata.json").get(
+        "cold_start"
+    ) == key:
+        bundle = load_bundle(folder)
+        return bundle, bundle.metadata["cold_training"] | {"reused": str(folder)}
+    return train_cold_model(cold, params, folder, key)
 
 
 def first_ratings(train: pd.DataFrame, held: np.ndarray, users: pd.DataFrame, items: pd.DataFrame, seed: int):
@@ -262,7 +272,16 @@ def main() -> None:
     shelves = Shelves(tables, held, rules)
     print(f"{len(held)} books held out; {len(shelves.readers)} readers with test interactions on them")
 
-    bundle, training = train_cold_model(cold, params)
+    key = json.dumps(
+        {
+            "share": args.share,
+            "seed": args.seed,
+            "train": params.train.model_dump(mode="json"),
+            "data": io.read_json(ws.processed / "protocol_report.json"),
+        },
+        sort_keys=True,
+    )
+    bundle, training = cold_model(cold, params, ws.root / "models" / "cold_start", key)
     print(f"cold model trained: {training}")
     base = BookRecommender(bundle)
     started = time.perf_counter()

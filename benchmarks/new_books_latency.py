@@ -32,7 +32,9 @@ def added_books(items: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
     titles = [f"New Arrival {i}" for i in range(count)]
     editions = kind < 0.1
     titles = np.where(editions, like["title"].fillna("") + " (New Edition)", titles)
-    authors = np.where((kind >= 0.1) & (kind < 0.2), [f"Debut Author {i}" for i in range(count)], like["author"])
+    authors = np.where(
+        (kind >= 0.1) & (kind < 0.2), [f"Debut Author {i}" for i in range(count)], like["author"]
+    )
     frame = pd.DataFrame(
         {
             "isbn": [f"979{i:010d}" for i in range(count)],
@@ -77,30 +79,41 @@ def main() -> None:
     books = added_books(base.items, args.books, args.seed)
     rng = np.random.default_rng(args.seed + 1)
     raters = base.users["user_id"].astype(str).to_numpy()[rng.integers(0, len(base.users), 2000)]
-    ratings = pd.DataFrame({"user_id": raters, "isbn": books["isbn"].to_numpy()[rng.integers(0, 300, 2000)], "rating": 8})
+    ratings = pd.DataFrame(
+        {"user_id": raters, "isbn": books["isbn"].to_numpy()[rng.integers(0, 300, 2000)], "rating": 8}
+    )
     started = time.perf_counter()
     learned(base)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     grown = grow(base, Arrivals(books, ratings))
     grow_seconds = time.perf_counter() - started
-    print(f"catalog {base.bundle.n_items} -> {grown.bundle.n_items} books; fold-in map fitted in {fit_seconds:.1f} s, "
-          f"{args.books} books added in {grow_seconds:.1f} s")
+    print(
+        f"catalog {base.bundle.n_items} -> {grown.bundle.n_items} books; fold-in map fitted in {fit_seconds:.1f} s, "
+        f"{args.books} books added in {grow_seconds:.1f} s"
+    )
 
-    users = base.users["user_id"].sample(args.requests, replace=True, random_state=args.seed).astype(str).tolist()
-    full_base, full_grown = BookRecommender(base.bundle), grown
+    users = (
+        base.users["user_id"].sample(args.requests, replace=True, random_state=args.seed).astype(str).tolist()
+    )
+    full_base = BookRecommender(base.bundle)
     plain_grown = BookRecommender(grown.bundle)  # the same grown catalog, no standing lists
     for user in users:  # every reader's standing list ranked and kept by a first request
         base.recommend([user], 10)
         grown.recommend([user], 10)
     timings: dict[str, list[float]] = {name: [] for name in ("standing", "standing+", "full", "full+")}
     for user in users:
-        for name, model in (("standing", base), ("standing+", grown), ("full", full_base), ("full+", plain_grown)):
-            timings[name].append(timed(lambda m=model: m.recommend([user], 10)))
+        for name, model in (
+            ("standing", base),
+            ("standing+", grown),
+            ("full", full_base),
+            ("full+", plain_grown),
+        ):
+            timings[name].append(timed(lambda m=model, u=user: m.recommend([u], 10)))
     similar: dict[str, list[float]] = {"similar": [], "similar+": []}
     for isbn in base.items["isbn"].sample(args.requests // 3, replace=True, random_state=2):
         for name, model in (("similar", base), ("similar+", grown)):
-            similar[name].append(timed(lambda m=model: m.similar_books([isbn], 10)))
+            similar[name].append(timed(lambda m=model, i=isbn: m.similar_books([i], 10)))
     timings |= similar
     for name, samples in timings.items():
         print(f"{name:10s} {percentiles(samples)}")

@@ -23,13 +23,14 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from pipeline.config import find_root, load_params
+from pipeline.config import ConfigError, find_root, load_params
 from pipeline.data.catalog import extended_catalog_columns
 from pipeline.data.features import ITEM_FEATURES
 from pipeline.data.protocol import is_positive
@@ -62,11 +63,11 @@ class Arrivals:
 
     @property
     def books_key(self) -> tuple:
-        return tuple(self.books.astype(object).itertuples(index=False, name=None))
+        return tuple(pd.util.hash_pandas_object(self.books, index=False))
 
     @property
     def ratings_key(self) -> tuple:
-        return tuple(self.ratings.itertuples(index=False, name=None))
+        return tuple(pd.util.hash_pandas_object(self.ratings, index=False))
 
 
 def read_arrivals(store) -> Arrivals:
@@ -193,11 +194,15 @@ class CatalogGrowth:
     def from_environment(cls) -> CatalogGrowth | None:
         """The growth of the store that `BOOKREC_FEEDBACK_URL` or `BOOKREC_ROOT` names (the pyfunc's
         way to find it), with that root's params; None when neither is set."""
-        if not (os.environ.get("BOOKREC_FEEDBACK_URL") or os.environ.get("BOOKREC_ROOT")):
+        url, root = os.environ.get("BOOKREC_FEEDBACK_URL"), os.environ.get("BOOKREC_ROOT")
+        if not (url or root):
             return None
-        root = find_root()
-        serve = load_params(root).serve
-        return cls(FeedbackStore(feedback_url(root)), serve.rules_refresh_seconds, serve.fold_in_seconds)
+        try:
+            serve = load_params(find_root()).serve
+            timing = (serve.rules_refresh_seconds, serve.fold_in_seconds)
+        except ConfigError:  # a store named without a project: params.yaml's defaults
+            timing = (2.0, 300.0)
+        return cls(FeedbackStore(url or feedback_url(Path(root))), *timing)
 
     def follow(self, holder) -> None:
         """Serve `holder`'s versions grown: each version it loads, and the one it serves now."""
