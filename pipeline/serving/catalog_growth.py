@@ -83,29 +83,35 @@ class _Learned:
 
 
 _LEARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LEARNING = threading.Lock()
 
 
 def learned(base) -> _Learned:
-    """The fold-in map and co-read weighting of a loaded version (fitted at its first growth)."""
-    if base not in _LEARNED:
-        bundle, model = base.bundle, base.bundle.model
-        train = bundle.matrix(("train",))
-        engine = base.engines["train"]
-        users = np.arange(bundle.n_users)
-        with torch.inference_mode():
-            vectors = model.user_vectors(
-                torch.from_numpy(users), engine.user_features[users], model.history_terms(train)
-            )
-        co_reads = None
-        if bundle.neighbourhood is not None:
-            options = NEIGHBOURHOOD_DEFAULTS | bundle.metadata.get("train_params", {}).get(
-                "neighbourhood", {}
-            )
-            co_reads = CoReads.of(
-                train, bundle.neighbourhood.similarity, options["k1"], options["b"], options["neighbours"]
-            )
-        _LEARNED[base] = _Learned(fit_fold_in(model, vectors, train.T.tocsr()), co_reads)
-    return _LEARNED[base]
+    """The fold-in map and co-read weighting of a loaded version (fitted once, in the background
+    when the version loads: `CatalogGrowth.apply`)."""
+    with _LEARNING:
+        if base not in _LEARNED:
+            _LEARNED[base] = _learn(base)
+        return _LEARNED[base]
+
+
+def _learn(base) -> _Learned:
+    """Fit the fold-in map on the trained catalog; the co-read weighting from the training matrix."""
+    bundle, model = base.bundle, base.bundle.model
+    train = bundle.matrix(("train",))
+    engine = base.engines["train"]
+    users = np.arange(bundle.n_users)
+    with torch.inference_mode():
+        vectors = model.user_vectors(
+            torch.from_numpy(users), engine.user_features[users], model.history_terms(train)
+        )
+    co_reads = None
+    if bundle.neighbourhood is not None:
+        options = NEIGHBOURHOOD_DEFAULTS | bundle.metadata.get("train_params", {}).get("neighbourhood", {})
+        co_reads = CoReads.of(
+            train, bundle.neighbourhood.similarity, options["k1"], options["b"], options["neighbours"]
+        )
+    return _Learned(fit_fold_in(model, vectors, train.T.tocsr()), co_reads)
 
 
 def _readers(base, books: pd.DataFrame, ratings: pd.DataFrame) -> sp.csr_matrix:
@@ -215,6 +221,10 @@ class CatalogGrowth:
     def apply(self, recommender):
         """`recommender`'s version grown by the arrivals read last (one grown copy per version kept)."""
         base = getattr(recommender, "grown_from", recommender)
+        if base not in _LEARNED and base not in self._grown:  # a version just loaded: be ready for books
+            threading.Thread(
+                target=self._learn_quietly, args=(base,), name="fold-in-fit", daemon=True
+            ).start()
         with self._lock:
             arrivals = self.arrivals
             cached = self._grown.get(base)
@@ -227,6 +237,13 @@ class CatalogGrowth:
                 grown = base
             self._grown[base] = (arrivals, grown)
             return grown
+
+    @staticmethod
+    def _learn_quietly(base) -> None:
+        try:
+            learned(base)
+        except Exception:  # a version whose code cannot grow: `apply` says so when books come
+            log.debug("no fold-in map for this version", exc_info=True)
 
     def refresh(self) -> bool:
         """Reread the store; regrow the followed models if books changed, or if ratings of added books
