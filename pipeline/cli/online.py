@@ -17,7 +17,8 @@ app.add_typer(feedback_app, name="feedback")
 @feedback_app.command("export")
 @reports_errors
 def feedback_export() -> None:
-    """Write stored interactions to data/raw/feedback (tracked by DVC) so the next training run ingests them."""
+    """Write stored interactions and added books to data/raw/feedback (tracked by DVC) so the next
+    training run ingests them."""
     from pipeline.ops.versioning import track_raw_data
     from pipeline.storage.feedback import FeedbackStore, export_to_raw
 

@@ -2,8 +2,9 @@
 
 SQLite under `data/feedback/feedback.db` on one machine; any SQLAlchemy URL (the compose deployment's
 Postgres) through `BOOKREC_FEEDBACK_URL`. The serving core folds a reader's stored interactions into
-their representation on the next request; `bookrec feedback export` turns them into a raw-data
-source (`data/raw/feedback/interactions.csv`) that DVC tracks and the next training run ingests.
+their representation on the next request; `bookrec feedback export` turns them (and the books added
+to the catalog since training) into a raw-data source (`data/raw/feedback/interactions.csv` and
+`books.csv`) that DVC tracks and the next training run ingests.
 """
 
 from __future__ import annotations
