@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+from pipeline.schemas import RAW_COLUMNS
 from pipeline.storage.feedback import BOOKS_FILE, FeedbackStore, interactions, metadata
 
 added_books = sa.Table(
@@ -33,16 +34,7 @@ added_books = sa.Table(
     sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
 )
 BOOK_COLUMNS = ["isbn", "title", "author", "year", "publisher", "image_url_s", "image_url_m", "image_url_l"]
-RAW_HEADER = [
-    "ISBN",
-    "Book-Title",
-    "Book-Author",
-    "Year-Of-Publication",
-    "Publisher",
-    "Image-URL-S",
-    "Image-URL-M",
-    "Image-URL-L",
-]
+RAW_HEADER = list(RAW_COLUMNS["books"])  # the dump's books columns, in order
 
 
 def _value(value):
