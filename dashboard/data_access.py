@@ -7,6 +7,7 @@ themselves when the model is there. Nothing heavy is imported at module level fo
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -86,7 +87,10 @@ class _Startup:
             holder = registry_holder(root(), poll_seconds=15)
             holder.refresh()  # raises when the registry cannot be reached
             holder.start()
-            self.growth = follow_added_books(holder)
+            try:
+                self.growth = follow_added_books(holder)
+            except Exception:  # the store or params cannot be read: serve the trained catalog
+                logging.getLogger("bookrec.dashboard").exception("added books cannot be followed")
             self.holder = holder
         except Exception as err:
             self.error = err

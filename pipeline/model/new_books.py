@@ -17,7 +17,8 @@ from the readers who rate them, and a model and neighbourhood term grown by thei
   books they co-read: the co-reads already feed the neighbourhood term.
 - **Neighbourhood term.** The new book's BM25 ItemKNN similarities to every book from its readers'
   co-reads, weighted as the trained term was (BM25 over the training matrix), become its row (its
-  `neighbours` best) and its column (where it would make a book's top `neighbours`).
+  `neighbours` best) and its column (where it would make a book's top `neighbours`); a new edition
+  takes its trained edition's row and column.
 """
 
 from __future__ import annotations
@@ -234,19 +235,33 @@ def _top_per_row(matrix: sp.csr_matrix, count: int) -> sp.csr_matrix:
 
 
 def grown_neighbourhood(
-    neighbourhood: Neighbourhood, co_reads: CoReads, readers: sp.csr_matrix
+    neighbourhood: Neighbourhood,
+    co_reads: CoReads,
+    readers: sp.csr_matrix,
+    editions_of: np.ndarray | None = None,
 ) -> Neighbourhood:
     """The neighbourhood term with M new books appended: each one's similarities to every book from
-    the co-reads of its `readers` (M x readers of the training matrix, binary)."""
+    the co-reads of its `readers` (M x readers of the training matrix, binary); a new edition of a
+    trained book (`editions_of` >= 0) takes that book's row and column instead."""
     similarity = neighbourhood.similarity.tocsr()
     n, added = similarity.shape[0], readers.shape[0]
-    new = co_reads.new_rows(readers)  # (M, readers)
+    editions_of = np.full(added, -1) if editions_of is None else np.asarray(editions_of)
+    own = sp.diags((editions_of < 0).astype(np.float32))  # (M, M): the books with co-reads of their own
+    new = (own @ co_reads.new_rows(readers)).tocsr()  # (M, readers)
     to_old = (co_reads.weighted.T @ new.T).tocsr()  # (n, M): book i's similarity to new book j
     among_new = (new @ new.T).tocsr()  # (M, M)
     rows = _top_per_row(sp.hstack([to_old.T, among_new]).tocsr(), co_reads.neighbours)  # (M, n + M)
     column = to_old.tocoo()
     kept = column.data >= co_reads.kth[column.row]
     column = sp.csr_matrix((column.data[kept], (column.row[kept], column.col[kept])), shape=(n, added))
+    edition = np.flatnonzero(editions_of >= 0)
+    template = sp.csr_matrix(  # (M, n): a new edition's trained edition
+        (np.ones(len(edition), np.float32), (edition, editions_of[edition])), shape=(added, n)
+    )
+    own_similarity = np.zeros(added, np.float32)  # an edition is as similar to itself as its trained one
+    own_similarity[edition] = similarity.diagonal()[editions_of[edition]]
+    rows = (rows + sp.hstack([template @ similarity, sp.diags(own_similarity)])).tocsr()
+    column = (column + similarity @ template.T).tocsr()
     grown = sp.bmat([[similarity, column], [rows[:, :n], rows[:, n:]]], format="csr", dtype=np.float32)
     grown.eliminate_zeros()
     return Neighbourhood(grown, neighbourhood.weight)

@@ -155,13 +155,9 @@ def grow(base, arrivals: Arrivals):
             model.history_terms(engine.history[raters]),
         )
     aggregate = reader_aggregate(vectors, readers[:, raters], model.config.history_alpha)
+    editions_of = _editions_of(base, catalog_rows)
     rows = new_book_rows(
-        model,
-        bundle.item_feature_tensor(),
-        state.fold_in,
-        torch.from_numpy(features),
-        aggregate,
-        _editions_of(base, catalog_rows),
+        model, bundle.item_feature_tensor(), state.fold_in, torch.from_numpy(features), aggregate, editions_of
     )
     n = bundle.n_items
     added = catalog_rows.assign(
@@ -173,7 +169,7 @@ def grow(base, arrivals: Arrivals):
     )
     neighbourhood = bundle.neighbourhood
     if neighbourhood is not None and state.co_reads is not None:
-        neighbourhood = grown_neighbourhood(neighbourhood, state.co_reads, readers)
+        neighbourhood = grown_neighbourhood(neighbourhood, state.co_reads, readers, editions_of)
     grown = type(base)(
         dataclasses.replace(bundle, model=grown_model(model, rows), items=items, neighbourhood=neighbourhood)
     )

@@ -53,6 +53,11 @@ def test_a_new_edition_inherits_its_works_vectors_and_is_never_listed_beside_ano
     np.testing.assert_allclose(vectors(model, EMMA_AGAIN[0]), vectors(model, emma), atol=1e-6)
     new, old = model.item_indices([EMMA_AGAIN[0], emma])
     assert model.catalog.work[new] == model.catalog.work[old]
+    similarity = model.bundle.neighbourhood.similarity.toarray()  # and its neighbourhood row and column
+    np.testing.assert_array_equal(similarity[new], similarity[old])
+    np.testing.assert_array_equal(similarity[:, new], similarity[:, old])
+    scores = model.engines["all"].score_users(np.arange(len(model.users)))
+    np.testing.assert_allclose(scores[:, new], scores[:, old], rtol=1e-5, atol=1e-6)
     for reader in model.users["user_id"]:
         listed = set(model.recommend([reader], 12)["isbn"])
         assert not {EMMA_AGAIN[0], emma} <= listed
