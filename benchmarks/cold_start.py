@@ -326,6 +326,9 @@ def main() -> None:
         "share_held_out": args.share,
         "seed": args.seed,
         "books_held_out": len(held),
+        "of_which_new_editions_of_a_trained_work": int(
+            np.isin(tables["items"]["work_idx"].to_numpy()[held], cold["items"]["work_idx"].to_numpy()).sum()
+        ),
         "readers": len(shelves.readers),
         "truth_interactions": int(shelves.truth.nnz),
         "cold_training": training,
