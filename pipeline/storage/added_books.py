@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from pipeline.schemas import RAW_COLUMNS
 from pipeline.storage.feedback import BOOKS_FILE, FeedbackStore, interactions, metadata
 
 added_books = sa.Table(
@@ -34,11 +33,17 @@ added_books = sa.Table(
     sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
 )
 BOOK_COLUMNS = ["isbn", "title", "author", "year", "publisher", "image_url_s", "image_url_m", "image_url_l"]
-RAW_HEADER = list(RAW_COLUMNS["books"])  # the dump's books columns, in order
 
 
 def _value(value):
     return None if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)) else value
+
+
+def raw_header() -> list[str]:
+    """The dump's books columns, in order (imported here only: serving loads no data contracts)."""
+    from pipeline.schemas import RAW_COLUMNS
+
+    return list(RAW_COLUMNS["books"])
 
 
 def add_books(store: FeedbackStore, books: pd.DataFrame) -> int:
@@ -86,7 +91,7 @@ def books_csv(books: pd.DataFrame) -> bytes:
     writer = csv.writer(
         text, delimiter=";", quoting=csv.QUOTE_ALL, escapechar="\\", doublequote=False, lineterminator="\r\n"
     )
-    writer.writerow(RAW_HEADER)
+    writer.writerow(raw_header())
     for book in books[BOOK_COLUMNS].itertuples(index=False):
         writer.writerow(["" if _value(value) is None else str(value) for value in book])
     return text.getvalue().encode("utf-8")
@@ -121,7 +126,7 @@ def add_book_fields(store: FeedbackStore, isbn: str, fields: dict, params) -> st
     image = fields.get("image_url")
     values = [isbn, fields.get("title"), fields.get("author"), fields.get("year"), fields.get("publisher")]
     text = ["" if value is None else str(value) for value in (*values, image, image, image)]
-    raw = pd.DataFrame([text], columns=RAW_HEADER, dtype=str).assign(row=1, line=2)
+    raw = pd.DataFrame([text], columns=raw_header(), dtype=str).assign(row=1, line=2)
     books = check_added_books(raw, params, "request body")
     add_books(store, books)
     return str(books["isbn"].iloc[0])

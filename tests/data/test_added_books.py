@@ -12,8 +12,8 @@ from pipeline import stages
 from pipeline.cli import app
 from pipeline.config import Workspace
 from pipeline.data.parsing import IngestError
+from pipeline.schemas import RAW_COLUMNS
 from pipeline.storage.added_books import (
-    RAW_HEADER,
     add_book_fields,
     add_books_file,
     added_books_frame,
@@ -22,7 +22,7 @@ from pipeline.storage.added_books import (
 from pipeline.storage.feedback import FeedbackStore, export_to_raw
 from pipeline.storage.rawdata import fetch, read_raw_csv
 
-HEADER = ";".join(f'"{c}"' for c in RAW_HEADER)
+HEADER = ";".join(f'"{c}"' for c in RAW_COLUMNS["books"])
 GOOD = '"9780141439587";"Northanger Abbey";"Jane Austen";"2003";"Penguin";"";"http://x/m.jpg";""'
 
 
