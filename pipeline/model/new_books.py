@@ -157,7 +157,8 @@ def grown_model(model: NCF, rows: NewBookRows) -> NCF:
     """A copy of `model` whose catalog has `rows` appended (item n_items + m is new book m): the item
     towers' id rows (the unknown-id row stays last), the item bias and the history tables."""
     n, added = model.config.n_items, len(rows.bias)
-    grown = type(model)(replace(model.config, n_items=n + added))
+    with torch.device("meta"):  # no memory and no random initialisation: every tensor is loaded below
+        grown = type(model)(replace(model.config, n_items=n + added))
     state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
 
     def inserted(table: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -169,7 +170,7 @@ def grown_model(model: NCF, rows: NewBookRows) -> NCF:
     for tower, new in (("user_gmf", rows.history_gmf), ("user_mlp", rows.history_mlp)):
         if f"{tower}.history.weight" in state:
             state[f"{tower}.history.weight"] = inserted(state[f"{tower}.history.weight"], new)
-    grown.load_state_dict(state)
+    grown.load_state_dict(state, assign=True)
     grown.eval()
     return grown
 

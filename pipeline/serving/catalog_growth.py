@@ -138,7 +138,10 @@ def _editions_of(base, catalog_rows: pd.DataFrame) -> np.ndarray:
 def grow(base, arrivals: Arrivals):
     """`base` (a loaded version's `BookRecommender`) with the added books it does not know appended; itself
     when there are none."""
-    books = arrivals.books[~arrivals.books["isbn"].isin(base.item_index)].reset_index(drop=True)
+    known = np.fromiter(
+        (isbn in base.item_index for isbn in arrivals.books["isbn"]), bool, len(arrivals.books)
+    )
+    books = arrivals.books[~known].reset_index(drop=True)
     if books.empty:
         return base
     bundle, model = base.bundle, base.bundle.model
