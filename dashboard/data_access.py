@@ -7,6 +7,7 @@ themselves when the model is there. Nothing heavy is imported at module level fo
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -73,6 +74,7 @@ class _Startup:
     started: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     holder: ModelHolder | None = None
+    growth: object | None = None
     error: Exception | None = None
     finished: float = 0.0
 
@@ -85,12 +87,33 @@ class _Startup:
             holder = registry_holder(root(), poll_seconds=15)
             holder.refresh()  # raises when the registry cannot be reached
             holder.start()
+            try:
+                self.growth = follow_added_books(holder)
+            except Exception:  # the store or params cannot be read: serve the trained catalog
+                logging.getLogger("bookrec.dashboard").exception("added books cannot be followed")
             self.holder = holder
         except Exception as err:
             self.error = err
         finally:
             self.finished = time.monotonic()
             self.done.set()
+
+
+def follow_added_books(holder: ModelHolder):
+    """Serve the books added to the catalog since training, as the API does: reread every
+    serve.rules_refresh_seconds (a page shows them at its next rerun)."""
+    from pipeline.config import load_params
+    from pipeline.serving.catalog_growth import CatalogGrowth
+    from pipeline.storage.feedback import FeedbackStore, feedback_url
+
+    serve = load_params(root()).serve
+    growth = CatalogGrowth(
+        FeedbackStore(feedback_url(root())), serve.rules_refresh_seconds, serve.fold_in_seconds
+    )
+    growth.follow(holder)
+    growth.refresh()
+    growth.start()
+    return growth
 
 
 FIRST_RENDER_SECONDS = 1.0  # cold start, idle: sidebar and form after 3.9-4.0 s without it, 2.8-2.9 s with it

@@ -277,6 +277,7 @@ class ServeParams(Section):
     rules_refresh_seconds: float = Field(gt=0)
     limits: LimitParams
     read_token: bool
+    fold_in_seconds: float = Field(ge=0)
 
 
 class GateParams(Section):

@@ -31,12 +31,12 @@ BASELINES_SKIPPED = "baselines_skipped.json"  # below paths.reports: baseline ->
 
 
 def ingest(ws: Workspace, params: Params) -> dict:
-    from pipeline.storage.feedback import FEEDBACK_FILE
+    from pipeline.storage.feedback import BOOKS_FILE, FEEDBACK_FILE
     from pipeline.storage.interim import ingest_files
     from pipeline.storage.rawdata import locate_raw, verify_raw
 
     verify_raw(ws.raw)
-    feedback_file = ws.feedback / FEEDBACK_FILE
+    feedback_file, books_file = ws.feedback / FEEDBACK_FILE, ws.feedback / BOOKS_FILE
     with io.atomic_directory(ws.interim) as out:
         report = ingest_files(
             locate_raw(ws.raw),
@@ -44,6 +44,7 @@ def ingest(ws: Workspace, params: Params) -> dict:
             out,
             params.ingest,
             params.engine,
+            books_file if books_file.is_file() else None,
         )
         for role, table in report.items():
             if table["rows_read"] != table["rows_written"] + table["rows_rejected"]:

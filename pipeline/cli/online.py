@@ -17,7 +17,8 @@ app.add_typer(feedback_app, name="feedback")
 @feedback_app.command("export")
 @reports_errors
 def feedback_export() -> None:
-    """Write stored interactions to data/raw/feedback (tracked by DVC) so the next training run ingests them."""
+    """Write stored interactions and added books to data/raw/feedback (tracked by DVC) so the next
+    training run ingests them."""
     from pipeline.ops.versioning import track_raw_data
     from pipeline.storage.feedback import FeedbackStore, export_to_raw
 
@@ -281,9 +282,37 @@ def simulate(
 
 
 books_app = typer.Typer(
-    help="Business rules on the catalog: books that must not be served.", no_args_is_help=True
+    help="The catalog between trainings: books added, books that must not be served.", no_args_is_help=True
 )
 app.add_typer(books_app, name="books")
+
+
+@books_app.command("add")
+@reports_errors
+def books_add(
+    file: Annotated[
+        str, typer.Argument(help="A CSV in the Book-Crossing books format (BX-Books.csv's columns)")
+    ],
+) -> None:
+    """Add books to the catalog without retraining: every running service serves them within
+    serve.rules_refresh_seconds; `bookrec feedback export` hands them to the next training run. A bad
+    row is refused with its line and field, and nothing is stored."""
+    from pathlib import Path
+
+    from pipeline.storage.added_books import add_books_file
+
+    store, params = _feedback_store()
+    typer.echo(f"{add_books_file(store, Path(file), params.ingest)} books added to the catalog")
+
+
+@books_app.command("remove")
+@reports_errors
+def books_remove(isbns: Annotated[list[str], typer.Argument(help="ISBNs")]) -> None:
+    """Withdraw books added by mistake (books of the trained catalog: `bookrec books unavailable`)."""
+    from pipeline.storage.added_books import remove_books
+
+    store, _ = _feedback_store()
+    typer.echo(f"{remove_books(store, isbns)} added books removed")
 
 
 @books_app.command("unavailable")

@@ -99,3 +99,26 @@ class Catalog:
         expanded.data[:] = 1.0
         expanded.eliminate_zeros()
         return expanded
+
+
+def extended_catalog_columns(items: pd.DataFrame, added: pd.DataFrame) -> pd.DataFrame:
+    """`added` books (title, author) with the `work_idx` and `author_idx` they take next to `items` (a
+    table with the catalog columns): an added book whose work or author `items` has takes its id; the
+    others get new ids after the largest, in order of first appearance, by the same rule."""
+    both = pd.concat([items[["title", "author"]], added[["title", "author"]]], ignore_index=True)
+    works, authors = work_ids(both), author_ids(both)
+    old = len(items)
+    known_work = dict(zip(works[:old], items["work_idx"].to_numpy(), strict=True))
+    known_author = dict(zip(authors[:old], items["author_idx"].to_numpy(), strict=True))
+    return added.assign(
+        work_idx=_carried(works[old:], known_work, int(items["work_idx"].to_numpy().max(initial=-1)) + 1),
+        author_idx=_carried(authors[old:], known_author, int(items["author_idx"].to_numpy().max(initial=-1)) + 1),
+    )
+
+
+def _carried(codes: np.ndarray, known: dict, start: int) -> np.ndarray:
+    """Codes of the same factorisation mapped to their stored ids; unseen codes numbered from `start`
+    (-1, an unknown author, stays -1)."""
+    unseen = {code: start + i for i, code in enumerate(dict.fromkeys(c for c in codes if c >= 0 and c not in known))}
+    mapped = [-1 if code < 0 else known.get(code, unseen.get(code)) for code in codes]
+    return np.asarray(mapped, dtype=np.int32)

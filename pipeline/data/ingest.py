@@ -289,10 +289,12 @@ class IngestResult:
     users: CleanTable
     books: CleanTable
     feedback: CleanTable | None = None
+    added_books: CleanTable | None = None
 
     def tables(self) -> dict[str, CleanTable]:
         found = {"ratings": self.ratings, "users": self.users, "books": self.books}
-        return found | ({"feedback": self.feedback} if self.feedback is not None else {})
+        found |= {"feedback": self.feedback} if self.feedback is not None else {}
+        return found | ({"added_books": self.added_books} if self.added_books is not None else {})
 
     def report(self) -> dict:
         return {role: table.report.as_dict() for role, table in self.tables().items()}
@@ -352,6 +354,64 @@ def merge_feedback(
     return feedback
 
 
+BOOK_FIELDS = {"isbn": "ISBN", "title": "Book-Title", "year": "Year-Of-Publication"}
+
+
+def check_added_books(raw: pd.DataFrame, params: IngestParams, file: str) -> pd.DataFrame:
+    """Books to add to the serving catalog (raw rows in the dump's books format), cleaned by the dump's
+    rules (`clean_books`). Stricter than a dump, since a person is adding them: a row the dump's
+    rules would reject or alter (no ISBN, an ISBN given twice, a year that is not a plausible year),
+    an ISBN that is neither ISBN-10 nor ISBN-13, or a book without a title raises an `IngestError`
+    naming the file, line and field; nothing is returned for a file with any bad row."""
+    if len(raw) == 0:
+        raise IngestError(file, "the file has a header and no rows")
+    isbn = book_keys(raw)["isbn"]
+    year_text = raw["Year-Of-Publication"].str.strip()
+    year = pd.to_numeric(year_text, errors="coerce")
+    problems = [
+        ("isbn", isbn == "", "no ISBN"),
+        ("isbn", ~isbn.str.fullmatch(ISBN_PATTERN), "not an ISBN-10 or ISBN-13"),
+        ("isbn", isbn.duplicated(keep="first"), "the same ISBN is given twice"),
+        ("title", _unescape_text(raw["Book-Title"]).isna(), "no title"),
+        (
+            "year",
+            (year_text != "") & ~(year.between(1, params.max_publication_year) & (year % 1 == 0)),
+            f"not a year between 1 and {params.max_publication_year}",
+        ),
+    ]
+    for column, bad, message in problems:
+        for position in np.flatnonzero(bad.fillna(True).to_numpy()):
+            row = raw.iloc[int(position)]
+            found = row[BOOK_FIELDS[column]]
+            raise IngestError(file, f"{message} (found {found!r})", line=int(row["line"]), field=BOOK_FIELDS[column])
+    return clean_books(raw, params, file).clean
+
+
+def clean_added_books(raw: pd.DataFrame, params: IngestParams, file: str, in_dump: pd.Index) -> CleanTable:
+    """The books added to the serving catalog since the dump (the feedback export's books file), cleaned
+    by the dump's rules; a book the dump lists already stays as the dump has it, and its added row is
+    rejected with that reason."""
+    added = clean_books(raw, params, file)
+    already = added.clean["isbn"].isin(in_dump).to_numpy()
+    if already.any():
+        keys = book_keys(raw)["isbn"]
+        extra = raw[keys.isin(added.clean["isbn"][already])].copy()
+        extra.insert(0, "reason", "already_in_book_crossing")
+        added.rejected = pd.concat([added.rejected, extra[added.rejected.columns]], ignore_index=True)
+        added.report.rejected_by_reason["already_in_book_crossing"] = int(already.sum())
+        added.clean = added.clean[~already].reset_index(drop=True)
+        added.report.rows_written = len(added.clean)
+    return added
+
+
+def merge_added_books(books: CleanTable, added_raw: pd.DataFrame, params: IngestParams, file: str) -> CleanTable:
+    """Add the books added since the dump to `books`, in place; their own cleaned table (lineage)."""
+    added = clean_added_books(added_raw, params, file, pd.Index(books.clean["isbn"]))
+    books.clean = INTERIM_BOOKS.validate(pd.concat([books.clean, added.clean], ignore_index=True))
+    books.report.notes["rows_added_from_store"] = len(added.clean)
+    return added
+
+
 def ingest_tables(
     raw: Mapping[str, pd.DataFrame], files: Mapping[str, str], params: IngestParams
 ) -> IngestResult:
@@ -361,7 +421,9 @@ def ingest_tables(
     users = clean_users(raw["users"], params, files["users"])
     books = clean_books(raw["books"], params, files["books"])
     ratings = clean_ratings(raw["ratings"], users.clean["user_id"], files["ratings"])
-    feedback = None
+    feedback = added = None
     if raw.get("feedback") is not None:
         feedback = merge_feedback(ratings, users, raw["feedback"], files["feedback"])
-    return IngestResult(ratings=ratings, users=users, books=books, feedback=feedback)
+    if raw.get("added_books") is not None:
+        added = merge_added_books(books, raw["added_books"], params, files["added_books"])
+    return IngestResult(ratings=ratings, users=users, books=books, feedback=feedback, added_books=added)

@@ -22,9 +22,10 @@ from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException,
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pipeline.config import ServeParams, load_params
+from pipeline.config import IngestParams, ServeParams, load_params
 from pipeline.serving.access import bearer_guard, client_of, excluded_isbns, overloaded
 from pipeline.serving.batching import Overloaded, RankBatcher
+from pipeline.serving.catalog_growth import CatalogGrowth
 from pipeline.serving.experiment import OnlineLoop
 from pipeline.serving.holder import ModelHolder, Served, challenger_holder, registry_holder
 from pipeline.serving.instruments import ClientRateLimit, GuardAndMeasure, Instruments
@@ -33,12 +34,14 @@ from pipeline.serving.schemas import (
     ISBN,
     MAX_PER_AUTHOR,
     USER_ID,
+    AddedBook,
     ExperimentIn,
     ExperimentOut,
     Health,
     InteractionIn,
     InteractionOut,
     K,
+    NewBook,
     NewReader,
     Recommendations,
     SimilarBooks,
@@ -51,7 +54,9 @@ from pipeline.storage.feedback import FeedbackStore
 log = logging.getLogger("bookrec.api")
 
 
-def _lifespan(holder: ModelHolder, batcher: RankBatcher, online: OnlineLoop, start_polling: bool):
+def _lifespan(
+    holder: ModelHolder, batcher: RankBatcher, online: OnlineLoop, growth: CatalogGrowth, start_polling: bool
+):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         import torch
@@ -65,13 +70,19 @@ def _lifespan(holder: ModelHolder, batcher: RankBatcher, online: OnlineLoop, sta
             online.rules.refresh()
         except Exception:
             log.exception("could not read the run-time rules at start; using params.yaml's")
+        try:
+            growth.refresh()
+        except Exception:
+            log.exception("could not read the added books at start; serving the trained catalog")
         if start_polling:
             holder.start()
             online.rules.start()
+            growth.start()
         yield
         batcher.stop()
         holder.stop()
         online.rules.stop()
+        growth.stop()
         online.impressions.close()
 
     return lifespan
@@ -276,7 +287,14 @@ async def _shadow_list(
         log.exception("shadow scoring with version %s failed", shadow.version)
 
 
-def _write_routes(holder: ModelHolder, feedback: FeedbackStore, online: OnlineLoop, token: str) -> APIRouter:
+def _write_routes(
+    holder: ModelHolder,
+    feedback: FeedbackStore,
+    online: OnlineLoop,
+    growth: CatalogGrowth,
+    token: str,
+    ingest: IngestParams,
+) -> APIRouter:
     """Writes feed the next training run or change what every reader is shown: only holders of the
     token may make them."""
     router = APIRouter(dependencies=[Depends(bearer_guard(token))])
@@ -315,6 +333,19 @@ def _write_routes(holder: ModelHolder, feedback: FeedbackStore, online: OnlineLo
         online.rules.refresh()
         return Response(status_code=204)
 
+    @router.put("/admin/books/{isbn}", response_model=AddedBook)
+    def add_book(book: NewBook, isbn: str = ISBN) -> AddedBook:
+        """Add a book to the catalog (or correct one added before): served by every service within
+        `serve.rules_refresh_seconds` (here at once), kept for the next training run."""
+        from pipeline.storage.added_books import add_book_fields
+
+        try:
+            stored = add_book_fields(feedback, isbn, book.model_dump(), ingest)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        growth.refresh()
+        return AddedBook(**book.model_dump(), isbn=stored)
+
     @router.delete("/admin/books/{isbn}/unavailable", status_code=204)
     def mark_available(isbn: str = ISBN) -> Response:
         impressions_store.set_available(feedback, [isbn])
@@ -334,6 +365,7 @@ def create_app(
     log_impressions: bool = True,
     read_token: str | None = None,
     rate_limit: bool = True,
+    ingest: IngestParams | None = None,
 ) -> FastAPI:
     """The app: operations (health, metrics), reads (recommendations, similar books, the experiment;
     bearer `read_token` or `write_token` required when `serve.read_token`) and writes (live feedback,
@@ -360,10 +392,14 @@ def create_app(
     batcher = RankBatcher(
         observe_batch_size=instruments.batch_sizes.observe, max_pending=serve.limits.pending_requests
     )
+    growth = CatalogGrowth(feedback, serve.rules_refresh_seconds, serve.fold_in_seconds)
+    for followed in (holder, challenger):
+        if followed is not None:
+            growth.follow(followed)
     app = FastAPI(
         title="bookrec API",
         version="1.0",
-        lifespan=_lifespan(holder, batcher, online, start_polling),
+        lifespan=_lifespan(holder, batcher, online, growth, start_polling),
         description="Real-time book recommendations from the registry's production model.",
     )
     limit = ClientRateLimit(serve.limits.requests_per_client) if rate_limit else None
@@ -376,7 +412,7 @@ def create_app(
     for router in (
         _ops_routes(holder, feedback, online, instruments),
         _read_routes(holder, feedback, batcher, online, read_tokens),
-        _write_routes(holder, feedback, online, write_token),
+        _write_routes(holder, feedback, online, growth, write_token, ingest or load_params().ingest),
     ):
         app.include_router(router)
     app.add_exception_handler(Overloaded, overloaded)
@@ -388,7 +424,8 @@ def build_app(
 ) -> FastAPI:
     from pipeline.storage.secrets import api_read_token, api_token
 
-    serve = load_params(root).serve
+    params = load_params(root)
+    serve = params.serve
     return create_app(
         registry_holder(root, poll_seconds, serve.standing),
         FeedbackStore.for_root(root),
@@ -398,4 +435,5 @@ def build_app(
         log_impressions=log_impressions,
         read_token=api_read_token(root) if serve.read_token else None,
         rate_limit=rate_limit,
+        ingest=params.ingest,
     )

@@ -60,6 +60,8 @@ class ModelHolder:
     ):
         self._load = loader
         self._after_swap = after_swap
+        # what every loaded version goes through before it serves (the catalog's growth follows here)
+        self.prepare: Callable[[BookRecommender], BookRecommender] = lambda recommender: recommender
         self._lookup = version_lookup
         self.poll_seconds = poll_seconds
         self.current: Served | None = None
@@ -84,7 +86,7 @@ class ModelHolder:
                 self.failure = None
                 return False
             try:
-                loaded = Served(version, self._load(version))
+                loaded = Served(version, self.prepare(self._load(version)))
             except Exception as err:
                 if self.failure is None or self.failure.version != version:
                     log.exception(
@@ -100,6 +102,19 @@ class ModelHolder:
             self.current = loaded  # one reference assignment: requests see the old or the new model, whole
             self.failure = None
             log.info("serving bookrec-ncf version %s", version)
+        self._after_swap(loaded)
+        return True
+
+    def replace(self, version: str, recommender: BookRecommender) -> bool:
+        """Serve `recommender` for `version` if that version still serves (the same version over a grown
+        catalog): one reference assignment, as a swap; True if it did."""
+        with self._lock:
+            if self.current is None or self.current.version != version:
+                return False
+            if self.current.recommender is recommender:
+                return False
+            self.current = Served(version, recommender)
+            loaded = self.current
         self._after_swap(loaded)
         return True
 

@@ -73,17 +73,27 @@ class BookRecModel(PythonModel):
     def load_context(self, context) -> None:
         folder = Path(context.artifacts["weights"]).parent  # <model>/artifacts
         with own_code(folder.parent / "code"):
+            from pipeline.serving.catalog_growth import CatalogGrowth
             from pipeline.serving.contract import DEFAULT_PARAMS
             from pipeline.serving.service import BookRecommender, Reader
 
             self.recommender = BookRecommender.from_folder(folder)
-        self.defaults, self.reader = dict(DEFAULT_PARAMS), Reader
+        self.defaults, self.reader, self.growth_of = dict(DEFAULT_PARAMS), Reader, CatalogGrowth
+        self.growth = None  # found at the first prediction: loading a version touches no store
+
+    def grown(self):
+        """The recommender with the books added to the serving store (when `BOOKREC_FEEDBACK_URL` or
+        `BOOKREC_ROOT` names one), as every other service serves them."""
+        if self.growth is None:
+            self.growth = self.growth_of.from_environment() or False
+        return self.growth.current(self.recommender) if self.growth else self.recommender
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         Reader = self.reader
+        recommender = self.grown()
         params = {**self.defaults, **(params or {})}
         cap = params["max_per_author"]
-        rules = self.recommender.rules_for(cap if cap == "default" else int(cap))
+        rules = recommender.rules_for(cap if cap == "default" else int(cap))
         frame = pd.DataFrame(model_input)
         k_values = frame["k"] if "k" in frame else pd.Series(10, index=frame.index)
         if k_values.isna().any():
@@ -92,7 +102,7 @@ class BookRecModel(PythonModel):
             if "isbn" not in frame:
                 raise ValueError("mode 'similar' needs an 'isbn' column")
             parts = [
-                self.recommender.similar_books([isbn], int(k), rules)
+                recommender.similar_books([isbn], int(k), rules)
                 for isbn, k in zip(frame["isbn"], k_values, strict=True)
             ]
             return (
@@ -117,7 +127,7 @@ class BookRecModel(PythonModel):
         parts = []
         for k, group in frame.groupby(k_values.astype(int), sort=False):
             parts.append(
-                self.recommender.recommend(
+                recommender.recommend(
                     group["user_id"].astype(str).tolist(),
                     int(k),
                     exclude=params["exclude"],

@@ -82,6 +82,21 @@ class Unavailable(BaseModel):
     reason: str = Field("unavailable", max_length=200)
 
 
+class NewBook(BaseModel):
+    """A book to add to the catalog (the dump's columns); checked by the same rules as `bookrec books add`."""
+
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field(min_length=1, max_length=500)
+    author: str | None = Field(None, max_length=300)
+    year: int | None = Field(None, description="Year of publication")
+    publisher: str | None = Field(None, max_length=300)
+    image_url: str | None = Field(None, max_length=500, description="Cover image URL")
+
+
+class AddedBook(NewBook):
+    isbn: str
+
+
 class InteractionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     isbn: str = Field(min_length=1, max_length=32, pattern=r"^[\w.-]+$")

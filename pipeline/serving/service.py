@@ -65,8 +65,9 @@ def reads_and_likes(latest: Mapping[str, int], min_explicit_rating: int) -> tupl
     return sorted(latest), sorted(liked)
 
 
-def _text(value) -> str | None:
-    return value if isinstance(value, str) else None
+def _texts(column: pd.Series) -> np.ndarray:
+    """Strings as they are, anything else (missing) None."""
+    return np.array([value if isinstance(value, str) else None for value in column.tolist()], object)
 
 
 class UnknownBookError(KeyError):
@@ -96,17 +97,17 @@ class BookRecommender:
         self.user_index = {str(u): i for i, u in enumerate(bundle.users["user_id"])}
         self.item_index = {str(isbn): i for i, isbn in enumerate(bundle.items["isbn"])}
         self.isbns = bundle.items["isbn"].astype(str).to_numpy(dtype=object)
-        self._records = [
-            {
-                "isbn": str(row.isbn),
-                "title": _text(row.title),
-                "author": _text(row.author),
-                "year": None if pd.isna(row.year) else int(row.year),
-                "publisher": _text(row.publisher),
-                "cover_url": _text(row.image_url_m),
-            }
-            for row in bundle.items.itertuples(index=False)
-        ]
+        # the details JSON answers carry, one column each (a dict per book cost seconds per load, and a
+        # catalog grown by added books is loaded again)
+        items = bundle.items
+        self._details = {
+            "isbn": self.isbns,
+            "title": _texts(items["title"]),
+            "author": _texts(items["author"]),
+            "year": np.array([None if pd.isna(y) else int(y) for y in items["year"].tolist()], dtype=object),
+            "publisher": _texts(items["publisher"]),
+            "cover_url": _texts(items["image_url_m"]),
+        }
         self.catalog = bundle.catalog
         self.ranker = Ranker(
             self.catalog, ListRules(one_per_work=True, max_per_author=bundle.metadata.get("max_per_author"))
@@ -395,7 +396,7 @@ class BookRecommender:
     def book_records(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
         """One ranked list as dicts (rank, isbn, score and the book's details), for JSON answers."""
         return [
-            {"rank": rank, "score": float(score), **self._records[int(item)]}
+            {"rank": rank, "score": float(score), **{k: v[int(item)] for k, v in self._details.items()}}
             for rank, (item, score) in enumerate(zip(ids, scores, strict=True), start=1)
             if item >= 0
         ]

@@ -2,8 +2,9 @@
 
 SQLite under `data/feedback/feedback.db` on one machine; any SQLAlchemy URL (the compose deployment's
 Postgres) through `BOOKREC_FEEDBACK_URL`. The serving core folds a reader's stored interactions into
-their representation on the next request; `bookrec feedback export` turns them into a raw-data
-source (`data/raw/feedback/interactions.csv`) that DVC tracks and the next training run ingests.
+their representation on the next request; `bookrec feedback export` turns them (and the books added
+to the catalog since training) into a raw-data source (`data/raw/feedback/interactions.csv` and
+`books.csv`) that DVC tracks and the next training run ingests.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class FeedbackStore:
         self.engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_for_several_processes)
-        from pipeline.storage import impressions  # noqa: F401  (its tables live in this database too)
+        from pipeline.storage import added_books, impressions  # noqa: F401  (their tables live here too)
 
         metadata.create_all(self.engine)
         self._add_missing_columns()
@@ -171,15 +172,26 @@ def write_export(frame: pd.DataFrame, folder: Path) -> Path:
     return target
 
 
+BOOKS_FILE = "books.csv"  # the books added since the dump, in its books format (storage/added_books.py)
+
+
 def export_to_raw(store: FeedbackStore, folder: Path) -> int:
+    """The stored interactions and the books added to the catalog, written beside the raw data."""
+    from pipeline.storage.added_books import added_books_frame, write_books_export
+
     frame = store.export()
     write_export(frame, folder)
+    write_books_export(added_books_frame(store), folder)
     return len(frame)
 
 
 def ensure_export(folder: Path) -> Path:
     """An (empty) export where none exists yet, so that data/raw always has the same layout for DVC."""
+    from pipeline.storage.added_books import BOOK_COLUMNS, write_books_export
+
     target = folder / FEEDBACK_FILE
     if not target.is_file():
         write_export(pd.DataFrame(columns=EXPORT_COLUMNS), folder)
+    if not (folder / BOOKS_FILE).is_file():
+        write_books_export(pd.DataFrame(columns=BOOK_COLUMNS), folder)
     return target

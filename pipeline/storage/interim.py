@@ -29,6 +29,7 @@ from pipeline.data.ingest import (
     CleanTable,
     TableReport,
     book_keys,
+    clean_added_books,
     clean_books,
     clean_feedback,
     clean_ratings,
@@ -38,7 +39,7 @@ from pipeline.data.ingest import (
     user_keys,
 )
 from pipeline.data.parsing import IngestError
-from pipeline.schemas import INTERIM_RATINGS, REJECTED
+from pipeline.schemas import INTERIM_BOOKS, INTERIM_RATINGS, REJECTED
 from pipeline.storage.engine import ParquetSink, connect, iter_parquet, row_flags, sql_path
 from pipeline.storage.rawdata import iter_raw_csv, read_raw_csv
 
@@ -139,14 +140,34 @@ def _clean_role(role, shapes, staged, flags, out, params, files, engine, sink=No
     return report
 
 
-def _books_job(files, scratch: Path, out: Path, params: IngestParams, engine: EngineParams) -> dict:
+def _books_job(
+    files,
+    scratch: Path,
+    out: Path,
+    params: IngestParams,
+    engine: EngineParams,
+    added_file: Path | None = None,
+) -> dict:
+    """The dump's books, then the books added to the serving catalog since (`added_file`)."""
     staged = scratch / "books.parquet"
     shapes = {"books": stage_raw(files["books"], "books", staged, engine.chunk_rows)}
     _check_rows(shapes, files)
     with connect(scratch, engine) as connection:
         query = _later_duplicates(staged, "key_isbn", "key_isbn <> ''")
         flags = {"duplicate": row_flags(connection, query, shapes["books"][0])}
-    return {"books": _clean_role("books", shapes, staged, flags, out, params, files, engine)}
+    sink = ParquetSink(out / "books.parquet")
+    reports = {"books": _clean_role("books", shapes, staged, flags, out, params, files, engine, sink)}
+    if added_file is not None:
+        in_dump = pd.Index(pd.read_parquet(staged, columns=["key_isbn"])["key_isbn"].unique())
+        added = clean_added_books(read_raw_csv(added_file, "books"), params, added_file.name, in_dump)
+        if len(added.clean):
+            sink.write(INTERIM_BOOKS.validate(added.clean))
+        reports["books"].notes["rows_added_from_store"] = len(added.clean)
+        reports["added_books"] = added.report
+        with _closing(ParquetSink(out / "rejected" / "added_books.parquet")) as rejected:
+            rejected.write(REJECTED.validate(added.rejected))
+    sink.close()
+    return reports
 
 
 def _readers_job(
@@ -214,9 +235,16 @@ def _readers_job(
 
 
 def ingest_files(
-    files: dict[str, Path], feedback_file: Path | None, out: Path, params: IngestParams, engine: EngineParams
+    files: dict[str, Path],
+    feedback_file: Path | None,
+    out: Path,
+    params: IngestParams,
+    engine: EngineParams,
+    added_books_file: Path | None = None,
 ) -> dict:
-    """Write ratings/users/books.parquet and rejected/<role>.parquet into `out`; the ingest report.
+    """Write ratings/users/books.parquet and rejected/<role>.parquet into `out`; the ingest report. The
+    live feedback (`feedback_file`) joins the ratings and the books added since the dump
+    (`added_books_file`) the books, each under the dump's rules, with its own report (lineage).
 
     With two cores or more, the books go through a second process while this one takes the readers
     and their ratings (each with half the engine's memory): the two share no row."""
@@ -227,10 +255,10 @@ def ingest_files(
         scratch = Path(scratch_name)
         if not parallel:
             reports = _readers_job(files, feedback_file, scratch, out, params, engine)
-            books = _books_job(files, scratch, out, params, engine)
+            books = _books_job(files, scratch, out, params, engine, added_books_file)
         else:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                books_future = pool.submit(_books_job, files, scratch, out, params, engine)
+                books_future = pool.submit(_books_job, files, scratch, out, params, engine, added_books_file)
                 reports = _readers_job(files, feedback_file, scratch, out, params, engine)
                 books = books_future.result()
     ordered = {role: reports[role] for role in ("ratings", "users")} | books

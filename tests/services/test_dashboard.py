@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import httpx
+import pandas as pd
 import pytest
 
 from tests.conftest import BIN, REPO_ROOT, free_port, register_broken_copy
@@ -190,6 +191,33 @@ def test_unavailable_books_leave_the_dashboard_lists_within_seconds(app, trained
         assert f'data-isbn="{top}"' not in listed and listed.count('class="bookrec-card"') == 10
     finally:
         impressions.set_available(store, [top])
+
+
+def test_a_book_added_to_the_catalog_is_found_and_listed_within_seconds(app, trained_project):
+    """Added through the store (as `bookrec books add` and the API add books): searched, shown with its
+    neighbours, and a neighbour of its author's books, after serve.rules_refresh_seconds and a rerun."""
+    from pipeline.storage.added_books import add_books, remove_books
+    from pipeline.storage.feedback import FeedbackStore
+
+    items = pd.read_parquet(trained_project / "models" / "ncf" / "items.parquet")
+    author = items["author"].value_counts().index[0]
+    book = pd.DataFrame(
+        {"isbn": ["9780000000035"], "title": ["Zanzibar Nights"], "author": [author], "year": [2002]}
+    ).reindex(
+        columns=["isbn", "title", "author", "year", "publisher", "image_url_s", "image_url_m", "image_url_l"]
+    )
+    store = FeedbackStore.for_root(trained_project)
+    add_books(store, book)
+    try:
+        time.sleep(3)  # serve.rules_refresh_seconds is 2
+        app.switch_page("pages/similar.py").run()
+        app.text_input[0].input("zanzibar nights").run()
+        assert not app.exception, app.exception
+        assert app.selectbox[0].label == "1 matching books"
+        listed = html_bodies(app)
+        assert 'data-isbn="9780000000035"' in listed and listed.count('class="bookrec-card"') == 11
+    finally:
+        remove_books(store, ["9780000000035"])
 
 
 def test_monitoring_page_shows_the_served_lists(app):
