@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.model.ncf import before_training_reads
+from pipeline.model.rows import before_training_reads
 
 EMBEDDING_OPTIMIZERS = ("auto", "adam", "lazy_adam", "rowwise_adagrad")
 TAIL_STEPS = 300  # skipped steps whose momentum is summed: beta1 / sqrt(beta2) ** 300 is about 2e-14

@@ -41,8 +41,9 @@ from pipeline.config import TrainParams
 from pipeline.data.features import FeatureVocabulary
 from pipeline.model import distributed
 from pipeline.model.losses import bpr_loss, item_l2
-from pipeline.model.ncf import NCF, ItemVectors, NCFConfig, TrainingRows, UserVectors
+from pipeline.model.ncf import NCF, ItemVectors, NCFConfig, UserVectors
 from pipeline.model.optim import optimizers
+from pipeline.model.rows import TrainingRows
 from pipeline.model.sampling import NegativeSampler
 
 

@@ -12,8 +12,9 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.model.losses import bpr_loss, item_l2
-from pipeline.model.ncf import NCF, ItemVectors, NCFConfig, TrainingRows
+from pipeline.model.ncf import NCF, ItemVectors, NCFConfig
 from pipeline.model.recommender import NCFRecommender
+from pipeline.model.rows import TrainingRows
 from pipeline.model.sampling import NegativeSampler
 from pipeline.model.train import TrainingData, _hardest, build_model, fit
 from tests.conftest import REPO_ROOT

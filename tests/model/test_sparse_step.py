@@ -11,9 +11,9 @@ import torch
 
 from pipeline.evaluation.evaluate import ndcg_of
 from pipeline.model.losses import bpr_loss, item_l2
-from pipeline.model.ncf import TrainingRows, distinct_rows
 from pipeline.model.optim import DeferredAdam, RowwiseAdagrad, optimizers
 from pipeline.model.recommender import NCFRecommender
+from pipeline.model.rows import TrainingRows, distinct_rows
 from pipeline.model.train import TrainingFailed, _batch_loss, _Epoch, build_model, fit
 from tests.model.test_ncf import planted, small_params
 
