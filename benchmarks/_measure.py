@@ -29,42 +29,28 @@ print("@@MEASURE@@" + json.dumps({"seconds": time.perf_counter() - started, "cod
 """
 
 
-def measure(args: list[str], cwd: Path, preexec_fn=None) -> dict:
-    """`preexec_fn` runs in the child before it starts (a resource limit, say)."""
+def _child_result(command: list[str], cwd: Path, marker: str, preexec_fn=None) -> dict:
+    """Run `command`, return the JSON its stdout prints after `marker`, plus its wall time."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        preexec_fn=preexec_fn,
+        command, cwd=cwd, env=env, capture_output=True, text=True, check=False, preexec_fn=preexec_fn
     )
-    line = next((x for x in done.stdout.splitlines() if x.startswith("@@MEASURE@@")), None)
-    if line is None or json.loads(line[11:])["code"] != 0:
-        raise RuntimeError(f"bookrec {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    result = json.loads(line[11:])
+    line = next((x for x in done.stdout.splitlines() if x.startswith(marker)), None)
+    result = None if line is None else json.loads(line[len(marker) :])
+    if done.returncode != 0 or result is None or result.get("code", 0) != 0:
+        raise RuntimeError(f"{' '.join(command[1:])} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     result["wall_seconds"] = time.perf_counter() - started  # includes interpreter start and imports
     return result
+
+
+def measure(args: list[str], cwd: Path, preexec_fn=None) -> dict:
+    """`bookrec *args` in a child; `preexec_fn` runs in the child before it starts (a resource limit)."""
+    return _child_result([sys.executable, "-c", CHILD, *args], cwd, "@@MEASURE@@", preexec_fn)
 
 
 def measure_epoch(project: Path, preexec_fn=None) -> dict:
     """One training epoch of `project`'s params (benchmarks/train_epoch.py) in a child process."""
     script = Path(__file__).with_name("train_epoch.py")
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, str(script), "--root", str(project), "--devices", "cpu", "--json"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=False,
-        preexec_fn=preexec_fn,
-    )
-    line = next((x for x in done.stdout.splitlines() if x.startswith("@@EPOCH@@")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"train_epoch.py failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    result = json.loads(line[9:])
-    result["wall_seconds"] = time.perf_counter() - started
-    return result
+    command = [sys.executable, str(script), "--root", str(project), "--devices", "cpu", "--json"]
+    return _child_result(command, project, "@@EPOCH@@", preexec_fn)

@@ -10,8 +10,8 @@ embeddings of both towers, item biases, the history tables) tiled s times with G
 histories and the batches of positives are the real ones, and negatives are drawn from the whole
 tiled catalog (the copies, never read, have the smallest popularity weight, so a larger catalog
 spreads a batch's negatives over more distinct books). Every scale runs the same seeded batches
-through `train._batch_loss`, backward and both optimizers' steps (`train.embedding_optimizer` unless
---optimizer), one scale after the other in one process; prints the median step time per scale, its
+through `train.train_step` (the loss, backward and both optimizers' steps; `train.embedding_optimizer`
+unless --optimizer), one scale after the other in one process; prints the median step time per scale, its
 ratio to 1x, the distinct books per batch and the peak RSS.
 """
 
@@ -36,7 +36,7 @@ from benchmarks._training import training_inputs  # noqa: E402
 from pipeline.config import Workspace  # noqa: E402
 from pipeline.model.ncf import NCF  # noqa: E402
 from pipeline.model.optim import optimizers  # noqa: E402
-from pipeline.model.train import TrainingData, _batch_loss, _Epoch, set_threads  # noqa: E402
+from pipeline.model.train import TrainingData, _Epoch, set_threads, train_step  # noqa: E402
 from pipeline.storage.bundle import load_bundle  # noqa: E402
 
 ITEM_ROWS = ("item_gmf.ids.weight", "item_mlp.ids.weight", "item_bias.weight")
@@ -91,12 +91,7 @@ def time_steps(model, data, params, steps: int, warmup: int) -> tuple[list[float
     for step in range(warmup + steps):
         batch = order[step * params.batch_size : (step + 1) * params.batch_size]
         started = time.perf_counter()
-        loss = _batch_loss(model, data, epoch, batch, params, generator)
-        for optimizer in steppers:
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for optimizer in steppers:
-            optimizer.step()
+        train_step(model, data, epoch, batch, params, generator, steppers)
         elapsed = time.perf_counter() - started
         if step >= warmup:
             times.append(elapsed)

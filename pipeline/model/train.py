@@ -254,6 +254,39 @@ class _DataParallel:
         return loss * (len(shard) * self.world / len(batch))
 
 
+def train_step(
+    model: NCF,
+    data: TrainingData,
+    epoch: _Epoch,
+    batch: torch.Tensor,
+    params: TrainParams,
+    generator: torch.Generator,
+    steppers: list[torch.optim.Optimizer],
+    parallel: _DataParallel | None = None,
+    where: str = "",
+) -> float:
+    """One optimisation step on `batch` (this rank's shard of it when data-parallel); returns its loss.
+    A non-finite loss stops training with an error naming `where`, before any weight moves."""
+    if parallel is None:
+        loss = _batch_loss(model, data, epoch, batch, params, generator)
+    else:
+        loss = parallel.loss(model, data, epoch, batch, params)
+    for optimizer in steppers:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if parallel is not None:
+        distributed.average_gradients(model.parameters())
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise TrainingFailed(
+            f"the training loss is {value} at {where}: training diverged "
+            "(lower train.lr or train.embedding_lr, or raise train.l2)"
+        )
+    for optimizer in steppers:
+        optimizer.step()
+    return value
+
+
 def _train_epoch(
     model,
     data,
@@ -271,26 +304,10 @@ def _train_epoch(
     total_loss, batches = 0.0, 0
     for start in range(0, len(order), params.batch_size):
         batch = order[start : start + params.batch_size]
-        if parallel is None:
-            loss = _batch_loss(model, data, epoch, batch, params, generator)
-        elif len(batch) < parallel.world:
+        if parallel is not None and len(batch) < parallel.world:
             break  # a last batch of fewer positives than ranks (at most world - 1 of an epoch's)
-        else:
-            loss = parallel.loss(model, data, epoch, batch, params)
-        for optimizer in steppers:
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if parallel is not None:
-            distributed.average_gradients(model.parameters())
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrainingFailed(
-                f"the training loss is {value} at epoch {number}, step {batches + 1}: training diverged "
-                "(lower train.lr or train.embedding_lr, or raise train.l2)"
-            )
-        for optimizer in steppers:
-            optimizer.step()
-        total_loss += value
+        where = f"epoch {number}, step {batches + 1}"
+        total_loss += train_step(model, data, epoch, batch, params, generator, steppers, parallel, where)
         batches += 1
     mean = total_loss / max(batches, 1)
     return mean if parallel is None else distributed.mean_over_ranks(mean)

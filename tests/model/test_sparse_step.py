@@ -14,21 +14,12 @@ from pipeline.model.losses import bpr_loss, item_l2
 from pipeline.model.optim import DeferredAdam, RowwiseAdagrad, optimizers
 from pipeline.model.recommender import NCFRecommender
 from pipeline.model.rows import TrainingRows, distinct_rows
-from pipeline.model.train import TrainingFailed, _batch_loss, _Epoch, build_model, fit
+from pipeline.model.train import TrainingFailed, _batch_loss, _Epoch, build_model, fit, train_step
 from tests.model.test_ncf import planted, small_params
 
 CPU = torch.device("cpu")
 ITEM_TABLES = ("item_gmf.ids.weight", "item_mlp.ids.weight", "item_bias.weight")
 HISTORY_TABLES = ("user_gmf.history.weight", "user_mlp.history.weight")
-
-
-def _step(model, data, epoch, batch, params, generator, steppers) -> None:
-    loss = _batch_loss(model, data, epoch, batch, params, generator)
-    for optimizer in steppers:
-        optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    for optimizer in steppers:
-        optimizer.step()
 
 
 def _optimizer_state(steppers, model) -> dict[str, dict[str, torch.Tensor]]:
@@ -49,7 +40,7 @@ def test_a_step_leaves_the_books_and_histories_it_did_not_touch_exactly_as_they_
     epoch = _Epoch.of(data, params, CPU)
     steppers = optimizers(model, params.lr, params.embedding_lr, embedding_optimizer, params.mlp_weight_decay)
     generator = torch.Generator().manual_seed(0)
-    _step(model, data, epoch, torch.arange(0, 720, 9), params, generator, steppers)  # state everywhere
+    train_step(model, data, epoch, torch.arange(0, 720, 9), params, generator, steppers)  # state everywhere
     weights = {name: p.detach().clone() for name, p in model.named_parameters()}
     state = _optimizer_state(steppers, model)
 
@@ -57,7 +48,7 @@ def test_a_step_leaves_the_books_and_histories_it_did_not_touch_exactly_as_they_
     replay = torch.Generator()
     replay.set_state(generator.get_state())
     negatives = epoch.sampler.sample(epoch.users[batch], params.negatives, replay)
-    _step(model, data, epoch, batch, params, generator, steppers)
+    train_step(model, data, epoch, batch, params, generator, steppers)
 
     books = set(epoch.items[batch].tolist()) | set(negatives.flatten().tolist())
     histories = set(data.train[epoch.users[batch].numpy()].indices.tolist())
