@@ -7,12 +7,18 @@ Needs the trained model and the data of `dvc repro` (models/ncf, data/processed,
 At scale s the catalog holds s times Book-Crossing's books: the trained item tables (book-id
 embeddings of both towers, item biases, the history tables) tiled s times with Gaussian noise
 (a tenth of each table's spread) and the books' side features tiled with them; the readers, their
-histories and the batches of positives are the real ones, and negatives are drawn from the whole
-tiled catalog (the copies, never read, have the smallest popularity weight, so a larger catalog
-spreads a batch's negatives over more distinct books). Every scale runs the same seeded batches
-through `train.train_step` (the loss, backward and both optimizers' steps; `train.embedding_optimizer`
-unless --optimizer), one scale after the other in one process; prints the median step time per scale, its
-ratio to 1x, the distinct books per batch and the peak RSS.
+histories and the batches of positives are the real ones. Two kinds of batch per scale:
+
+- `same batch`: the very batches of 1x, negatives included (drawn by 1x's sampler): what the catalog's
+  size alone costs a step, every step reading and updating the same rows of larger tables;
+- `spread`: negatives drawn from the whole tiled catalog (the copies, never read, have the smallest
+  popularity weight): a larger catalog spreads a batch's negatives over more distinct books, up to
+  batch x (1 + negatives) of them, and a step's work follows that count.
+
+Every scale runs the same seeded batches through `train.train_step` (the loss, backward and both
+optimizers' steps; `train.embedding_optimizer` unless --optimizer), one scale after the other in one
+process; prints the median step time per scale and kind, its ratio to 1x, the distinct books per
+batch and the peak RSS.
 """
 
 from __future__ import annotations
@@ -79,8 +85,14 @@ def scaled_data(data: TrainingData, copies: int) -> TrainingData:
     )
 
 
-def time_steps(model, data, params, steps: int, warmup: int) -> tuple[list[float], list[int], list]:
+def time_steps(
+    model, data, params, steps: int, warmup: int, sampler=None
+) -> tuple[list[float], list[int], list]:
+    """Step times and distinct books per batch; `sampler` replaces the epoch's own (1x's: the same
+    negatives at every scale)."""
     epoch = _Epoch.of(data, params, torch.device("cpu"))
+    if sampler is not None:
+        epoch = replace(epoch, sampler=sampler)
     steppers = optimizers(
         model, params.lr, params.embedding_lr, params.embedding_optimizer, params.mlp_weight_decay
     )
@@ -120,22 +132,27 @@ def main() -> None:
         f"(hardest {train_params.hard_negatives}), tables' optimizer {train_params.embedding_optimizer}, "
         f"{torch.get_num_threads()} threads"
     )
-    base = None
+    same_batches = _Epoch.of(data, train_params, torch.device("cpu")).sampler
+    base: dict[str, float] = {}
     for copies in (int(s) for s in args.scales.split(",")):
         model = scaled_model(trained, copies, generator) if copies > 1 else trained
-        times, distinct, steppers = time_steps(
-            model, scaled_data(data, copies), train_params, args.steps, args.warmup
-        )
-        median = statistics.median(times)
-        base = base or median
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(
-            f"{copies:>4}x: {model.config.n_items:>9,} books  step median {median * 1000:7.1f} ms "
-            f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})  x{median / base:.2f} of 1x  "
-            f"distinct books per batch {int(np.mean(distinct)):,}  {type(steppers[0]).__name__}  "
-            f"peak RSS so far {rss:.1f} GiB",
-            flush=True,
-        )
+        scaled = scaled_data(data, copies)
+        for kind, sampler in (("same batch", same_batches), ("spread", None)):
+            if copies == 1 and kind == "spread":
+                continue  # at 1x the two are the same batches
+            times, distinct, steppers = time_steps(
+                model, scaled, train_params, args.steps, args.warmup, sampler
+            )
+            median = statistics.median(times)
+            base.setdefault("same batch", median)
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            print(
+                f"{copies:>4}x {kind:<10}: {model.config.n_items:>9,} books  step median "
+                f"{median * 1000:7.1f} ms (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})  "
+                f"x{median / base['same batch']:.2f} of 1x  distinct books per batch {int(np.mean(distinct)):,}  "
+                f"{type(steppers[0]).__name__}  peak RSS so far {rss:.1f} GiB",
+                flush=True,
+            )
         del model
 
 

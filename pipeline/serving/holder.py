@@ -40,9 +40,8 @@ class LoadFailure:
 
 @dataclass(frozen=True)
 class ServingStatus:
-    status: (
-        str  # "ok", "degraded" (serving, but not what the alias names, or the alias unreadable) or "no model"
-    )
+    # "ok", "degraded" (serving, but not what the alias names, or the alias unreadable) or "no model"
+    status: str
     serving_version: str | None
     production_version: str | None  # what the alias pointed at when last read
     error: str | None = None

@@ -65,6 +65,7 @@ def write_reports(reports: dict[str, ModelReport], reports_dir: Path) -> dict:
             bias[name] = [round(x, 6) for x in report.popularity_deciles]
         bias.to_csv(plots / "popularity_bias.csv", index=False)
         _draw(plots, reports)
+        _draw_accuracy_and_breadth(plots, reports)
     return document
 
 
@@ -89,4 +90,36 @@ def _draw(folder: Path, reports: dict[str, ModelReport]) -> None:
     axes[0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(folder / "evaluation.png", dpi=110)
+    plt.close(figure)
+
+
+SERVED = "ncf"  # the model the registry serves, marked in the accuracy-breadth plot
+
+
+def _draw_accuracy_and_breadth(folder: Path, reports: dict[str, ModelReport]) -> None:
+    """Every model's NDCG@10 against its coverage@10 and its normalised novelty@10: the trade-off the
+    project was founded on, one point per model, the served one marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for axis, breadth, label in (
+        (axes[0], "coverage", "catalog coverage@10"),
+        (axes[1], "novelty_normalised", "normalised novelty@10"),
+    ):
+        for name, report in reports.items():
+            at10 = report.metrics.get("@10", {})
+            if "ndcg" not in at10 or breadth not in at10:
+                continue
+            served = name == SERVED
+            axis.scatter(at10[breadth], at10["ndcg"], s=70 if served else 30, marker="*" if served else "o")
+            axis.annotate(
+                name, (at10[breadth], at10["ndcg"]), fontsize=7, xytext=(4, 3), textcoords="offset points"
+            )
+        axis.set(title=f"NDCG@10 against {label} (test)", xlabel=label, ylabel="NDCG@10")
+        axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(folder / "accuracy_breadth.png", dpi=110)
     plt.close(figure)

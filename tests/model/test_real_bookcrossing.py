@@ -142,9 +142,13 @@ def test_tuned_baselines_report_their_choice_on_validation(real_workspace, real_
 
 def test_reports_for_dvc(real_workspace, real_metrics):
     plots = real_workspace.reports / "plots"
-    assert {"ndcg_at_k.csv", "recall_at_k.csv", "popularity_bias.csv", "evaluation.png"} <= {
-        p.name for p in plots.iterdir()
-    }
+    assert {
+        "ndcg_at_k.csv",
+        "recall_at_k.csv",
+        "popularity_bias.csv",
+        "evaluation.png",
+        "accuracy_breadth.png",
+    } <= {p.name for p in plots.iterdir()}
     cohorts = io.read_json(real_workspace.reports / "cohorts.json")
     assert set(cohorts["als"]) == {"age_bucket", "country", "activity"}
     from pipeline.config import load_params

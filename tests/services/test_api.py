@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeline.storage.secrets import api_token
 from tests.conftest import BIN, REPO_ROOT, build_synthetic_project, free_port, register_broken_copy, run
 
 pytestmark = pytest.mark.slow
@@ -344,7 +345,8 @@ def test_alias_swap_without_failed_requests(project, service):
         stages.train(ws, params, show_progress=False)
         stages.evaluate(ws, load_params(project))
         version = json.loads(run(["bookrec", "register", "--no-promote"], project).stdout)["version"]
-        run(["bookrec", "registry", "promote", version, "--reason", "swap test"], project)
+        token = ["--token", api_token(project)]
+        run(["bookrec", "registry", "promote", version, "--reason", "swap test", *token], project)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if httpx.get(f"{service.url}/health").json()["model_version"] == version:

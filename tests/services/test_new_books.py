@@ -39,6 +39,17 @@ def isbns(answer: dict) -> list[str]:
     return [book["isbn"] for book in answer["books"]]
 
 
+def same_up_to_float_ties(got: list[tuple[str, float]], expected: list[tuple[str, float]]) -> bool:
+    """The same score at every rank, to float precision, and the same book at every rank but those
+    where two editions of one work tie (a new edition inherits its work's vectors): the dashboard folds
+    a reader's history in again where the API reads the trained vectors, so the last digits differ,
+    and of two tied editions either may be the one shown. At most one such swap per list."""
+    pairs = list(zip(got, expected, strict=True))
+    scores_agree = all(abs(mine - theirs) <= 1e-5 * max(1.0, abs(theirs)) for (_, mine), (_, theirs) in pairs)
+    swapped = sum(mine != theirs for (mine, _), (theirs, _) in pairs)
+    return scores_agree and swapped <= 1
+
+
 @pytest.fixture(scope="module")
 def added(service, trained_project):
     """A reader, their first recommendation (a trained book), and the two books added: a new edition
@@ -103,9 +114,8 @@ def test_the_api_the_pyfunc_and_the_dashboards_data_path_give_the_same_lists(
 
     users = pd.read_parquet(trained_project / "models" / "ncf" / "users.parquet")["user_id"].astype(str)
     readers = [u for u in users.tolist()[1::9]]  # not the reader who rated: the pyfunc reads no feedback
-    api = {
-        u: isbns(httpx.get(f"{service.url}/recommendations/{u}", params={"k": 10}).json()) for u in readers
-    }
+    answers = {u: httpx.get(f"{service.url}/recommendations/{u}", params={"k": 10}).json() for u in readers}
+    api = {u: isbns(answer) for u, answer in answers.items()}
     similar = {
         isbn: isbns(httpx.get(f"{service.url}/books/{isbn}/similar", params={"k": 10}).json())
         for isbn in (NEW_BOOK, NEW_EDITION)
@@ -133,7 +143,9 @@ def test_the_api_the_pyfunc_and_the_dashboards_data_path_give_the_same_lists(
         model = holder.current.recommender
         for user_id in readers:  # as the reader page asks: nothing read since training, nothing blocked
             shown = model.recommend([user_id], 10, extra_reads={user_id: []}, extra_excluded={user_id: []})
-            assert shown["isbn"].tolist() == api[user_id]
+            expected = [(book["isbn"], book["score"]) for book in answers[user_id]["books"]]
+            got = list(zip(shown["isbn"], shown["score"], strict=True))
+            assert same_up_to_float_ties(got, expected), (got, expected)
         assert model.search("nobody has read")["isbn"].tolist() == [NEW_BOOK]
         for isbn, expected in similar.items():
             assert model.similar_books([isbn], 10)["similar_isbn"].tolist() == expected

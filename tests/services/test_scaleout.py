@@ -122,7 +122,7 @@ def test_every_environment_variable_the_code_reads_is_set(compose):
         "BOOKREC_API_PORT",
     }
     # torchrun sets these in the processes it starts (data-parallel training, pipeline/model/distributed.py)
-    torchrun_sets = {"WORLD_SIZE", "LOCAL_WORLD_SIZE"}
+    torchrun_sets = {"WORLD_SIZE", "LOCAL_WORLD_SIZE", "LOCAL_RANK"}
     # Airflow reads its own AIRFLOW__* settings; the project's code reads these:
     needed = read - launcher_only - torchrun_sets - {"PATH"}  # PATH is the image's own
     assert {"BOOKREC_ROOT", "MLFLOW_TRACKING_URI", "BOOKREC_FEEDBACK_URL"} <= needed
