@@ -206,19 +206,27 @@ class NCF(nn.Module):
         )
 
     def training_history_terms(
-        self, rows: TrainingRows, users: torch.Tensor, positives: torch.Tensor
+        self,
+        rows: TrainingRows,
+        users: torch.Tensor,
+        positives: torch.Tensor,
+        most: int = 0,
+        generator: torch.Generator | None = None,
     ) -> HistoryTerms | None:
         """History terms for training rows (user, positive), each with its own positive left out of the
         user's history, so that the model cannot learn to find an item in its own user's history.
 
         Only the batch's distinct readers are summed (one EmbeddingBag over their rows of the training
         matrix, then each positive alone as its own bag): the cost and the (sparse) gradient follow
-        the batch's histories, never the catalog.
+        the batch's histories, never the catalog. With `most` > 0 a longer history is summed over a
+        random sample of `most` of its books, scaled to the whole (`TrainingRows.of`): a batch of a
+        large data set holds thousands of distinct readers, and the longest histories would otherwise
+        make most of a step's work.
         """
         if not self.config.use_history:
             return None
         distinct, inverse = torch.unique(users, return_inverse=True)
-        flat, offsets = rows.of(distinct)
+        flat, offsets, weights = rows.of(distinct, most, generator)
         flat = torch.cat([flat, positives])
         ones = torch.arange(len(positives), device=flat.device)  # each positive is a bag of its own
         offsets = torch.cat([offsets, len(flat) - len(positives) + ones])
@@ -229,7 +237,8 @@ class NCF(nn.Module):
         towers = (self.user_gmf.history, self.user_mlp.history)
         read = torch.cat([distinct_rows(table, books) for table in towers], dim=1)
         bags = F.embedding_bag(position, read, offsets, mode="sum")
-        terms = (bags[inverse] - bags[len(distinct) :]) * scale
+        readers = bags[: len(distinct)] if most <= 0 else bags[: len(distinct)] * weights.unsqueeze(1)
+        terms = (readers[inverse] - bags[len(distinct) :]) * scale
         return HistoryTerms(*terms.split([self.config.gmf_dim, self.config.mlp_dim], dim=1))
 
     def user_vectors(

@@ -33,13 +33,23 @@ class TrainingRows(NamedTuple):
         indptr = torch.from_numpy(matrix.indptr.astype(np.int64))
         return cls(indptr, torch.from_numpy(matrix.indices.astype(np.int64)), indptr[1:] - indptr[:-1])
 
-    def of(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The flat items and bag offsets of `users`' rows, for `F.embedding_bag`."""
-        lengths = self.counts[users]
+    def of(
+        self, users: torch.Tensor, most: int = 0, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The flat items and bag offsets of `users`' rows, for `F.embedding_bag`, and each bag's
+        weight. With `most` > 0 a row longer than that gives a sample of `most` of its items: a cyclic
+        window from a random start (drawn from `generator`), so each item is in it with probability
+        most / length, and the bag's weight length / most keeps its sum unbiased (1 for whole rows)."""
+        full = self.counts[users]
+        lengths = full if most <= 0 else full.clamp(max=most)
         offsets = torch.cumsum(lengths, 0) - lengths
-        # position of each gathered entry in `indices`: its row's start plus its rank within the row
-        starts = torch.repeat_interleave(self.indptr[users] - offsets, lengths)
-        return self.indices[starts + torch.arange(int(lengths.sum()), device=starts.device)], offsets
+        # rank of each gathered entry within its row: a window of `lengths` from the row's start
+        rank = torch.arange(int(lengths.sum()), device=full.device) - torch.repeat_interleave(offsets, lengths)
+        if most > 0:
+            start = (torch.rand(len(users), generator=generator) * full.cpu()).long().to(full.device)
+            rank = (rank + torch.repeat_interleave(start, lengths)) % torch.repeat_interleave(full, lengths)
+        items = self.indices[torch.repeat_interleave(self.indptr[users], lengths) + rank]
+        return items, offsets, full / lengths.clamp(min=1)
 
     def to(self, device: torch.device | str) -> TrainingRows:
         return TrainingRows(*(part.to(device) for part in self))

@@ -219,7 +219,7 @@ def _batch_loss(model: NCF, data: TrainingData, epoch: _Epoch, batch: torch.Tens
         torch.cat([positive.unsqueeze(1), negative.to(device)], 1), return_inverse=True
     )
     table = model.item_vectors(books, data.item_features[books])  # (distinct books, d)
-    terms = model.training_history_terms(epoch.rows, u, positive)
+    terms = model.training_history_terms(epoch.rows, u, positive, params.history_sample, generator)
     user = model.user_vectors(u, data.user_features[u], terms)
     positive_rows, negative_rows = rows[:, 0], rows[:, 1:]
     hard = params.hard_negatives

@@ -179,6 +179,35 @@ def test_batch_history_terms_leave_the_positive_out_of_its_readers_full_history(
         torch.testing.assert_close(terms.mlp[row], expected.mlp[0])
 
 
+def test_a_sampled_history_is_a_window_of_the_row_and_unbiased_for_the_whole():
+    """`train.history_sample`: a history longer than the sample is summed over `most` of its books (a
+    cyclic window from a random start), weighted length / most so that its mean is the whole sum;
+    shorter histories, and `most` 0, are summed whole."""
+    data = planted(reads=6)
+    rows = TrainingRows.of_matrix(data.train)
+    users = torch.tensor([3, 50, 77])
+    whole, whole_offsets, weights = rows.of(users)
+    assert torch.equal(weights, torch.ones(3)) and len(whole) == 18
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.zeros(data.n_items)
+    draws = 3000
+    for _ in range(draws):
+        items, offsets, weights = rows.of(users, 4, generator)
+        assert torch.equal(offsets, torch.tensor([0, 4, 8])) and torch.allclose(
+            weights, torch.full((3,), 1.5)
+        )
+        for reader, start in zip(users.tolist(), offsets.tolist(), strict=True):
+            window = set(items[start : start + 4].tolist())
+            assert len(window) == 4 and window <= set(data.train[reader].indices.tolist())
+        counts.index_add_(0, items, weights[torch.repeat_interleave(torch.arange(3), 4)])
+    # every book of the three histories is summed with weight 1 on average, the others never
+    expected = torch.zeros(data.n_items)
+    expected[whole] = 1.0
+    torch.testing.assert_close(counts / draws, expected, atol=0.06, rtol=0)
+    same, _, _ = rows.of(users, 6, generator)  # a sample as long as the rows: the rows themselves
+    assert sorted(same.tolist()) == sorted(whole.tolist())
+
+
 def test_hard_negatives_are_the_highest_scored_by_the_model_without_dropout():
     data = planted()
     model = build_model(data, small_params(dropout=0.5))
