@@ -44,7 +44,9 @@ class TrainingRows(NamedTuple):
         lengths = full if most <= 0 else full.clamp(max=most)
         offsets = torch.cumsum(lengths, 0) - lengths
         # rank of each gathered entry within its row: a window of `lengths` from the row's start
-        rank = torch.arange(int(lengths.sum()), device=full.device) - torch.repeat_interleave(offsets, lengths)
+        rank = torch.arange(int(lengths.sum()), device=full.device) - torch.repeat_interleave(
+            offsets, lengths
+        )
         if most > 0:
             start = (torch.rand(len(users), generator=generator) * full.cpu()).long().to(full.device)
             rank = (rank + torch.repeat_interleave(start, lengths)) % torch.repeat_interleave(full, lengths)
