@@ -7,12 +7,14 @@ import json
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline import io, stages
 from pipeline.config import Workspace
@@ -133,6 +135,20 @@ def _retrain_as(project: Path, seed: int, epochs: int, lr: float | None = None, 
     stages.evaluate(ws, load_params(project))
 
 
+@contextmanager
+def wider_margins(project: Path, **margins: float):
+    """params.yaml's gate section with these margins while the block runs."""
+    path = project / "params.yaml"
+    text = path.read_text()
+    raw = yaml.safe_load(text)
+    raw["gate"].update(margins)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        yield
+    finally:
+        path.write_text(text)
+
+
 def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client):
     production_before = str(registry.production_version(client).version)
     # weights barely move from their random start, and no ItemKNN term to make up for them
@@ -145,17 +161,16 @@ def test_gate_refuses_a_worse_model_then_promotion_and_rollback(project, client)
     refused = client.get_model_version(registry.MODEL_NAME, outcome["version"])
     assert refused.tags["gate"] == "refused" and "REFUSED" in refused.description
 
-    # As good as production: the same training again (bit-identical with train.threads 1). On 233
-    # test readers another seed's paired interval is about +-0.009, wider than the margin: the gate
-    # would rightly refuse to call such a model non-inferior.
-    ws, params = Workspace.load(project)
-    stages.train(ws, params, show_progress=False)
-    stages.evaluate(ws, params)
-    outcome = json.loads(run(["bookrec", "register"], project).stdout)
+    # As good as production: another seed. On these 233 test readers a paired interval is about
+    # +-0.009 wide, so margins for this data are wider than the real data's (where 12,952 readers make
+    # it +-0.001): the gate reads them from params.yaml, and records them.
+    _retrain_as(project, seed=4, epochs=12)
+    with wider_margins(project, margin=0.02, coverage_margin=0.05, novelty_margin=0.05):
+        outcome = json.loads(run(["bookrec", "register"], project).stdout)
     assert outcome["gate"] == "passed", outcome["reasons"]
     # the decision is recorded as structured tags: thresholds, references, differences, readers
     tags = client.get_model_version(registry.MODEL_NAME, outcome["version"]).tags
-    assert json.loads(tags["gate_thresholds"])["margin"] == Workspace.load(project)[1].gate.margin
+    assert json.loads(tags["gate_thresholds"])["margin"] == 0.02  # the margin in force when it decided
     assert json.loads(tags["gate_references"])["production"] == production_before
     compared = json.loads(tags["gate_comparisons"])
     assert compared[0]["reference"] == production_before and compared[0]["ndcg"]["method"] == "paired t"
