@@ -1,17 +1,26 @@
-"""Run one `bookrec` command in a child process and report its wall time and peak RSS.
+"""Run one `bookrec` command in a child process and report its wall time and peak memory.
 
-The peak RSS is the command's own peak plus the largest peak of the processes it started and waited
-for (ingest's second process, evaluation's shards): an upper bound on what it held at once, since
-the two peaks need not coincide (and forked shards share their parent's pages)."""
+Two memory figures. `peak_rss_mib`: the command's own peak RSS plus the largest peak of the processes
+it started and waited for (ingest's second process, evaluation's shards): an upper bound on what it
+held at once, since the two peaks need not coincide and forked shards share their parent's pages.
+`peak_pss_mib`: the largest sum, over the command's process tree, of each process's proportional set
+size (a page shared by n processes counts 1/n in each), sampled by psutil every `SAMPLE_SECONDS`:
+the memory the tree held at once (a peak shorter than the interval can be missed)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import psutil
+
+SAMPLE_SECONDS = 0.25
 
 CHILD = """
 import json, resource, sys, time
@@ -29,18 +38,60 @@ print("@@MEASURE@@" + json.dumps({"seconds": time.perf_counter() - started, "cod
 """
 
 
+def _tree_pss_mib(root: psutil.Process) -> float:
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        # a shard may end between the listing and the read
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            total += process.memory_full_info().pss
+    return total / 2**20
+
+
+class TreePss:
+    """The largest PSS sum of a process tree, sampled on a thread until `stop`."""
+
+    def __init__(self, pid: int):
+        self.root, self.peak_mib = psutil.Process(pid), 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(SAMPLE_SECONDS):
+            try:
+                self.peak_mib = max(self.peak_mib, _tree_pss_mib(self.root))
+            except psutil.NoSuchProcess:
+                return
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self.peak_mib
+
+
 def _child_result(command: list[str], cwd: Path, marker: str, preexec_fn=None) -> dict:
-    """Run `command`, return the JSON its stdout prints after `marker`, plus its wall time."""
+    """Run `command`, return the JSON its stdout prints after `marker`, plus its wall time and the
+    peak PSS of its process tree."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     started = time.perf_counter()
-    done = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, check=False, preexec_fn=preexec_fn
+    child = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec_fn,
     )
-    line = next((x for x in done.stdout.splitlines() if x.startswith(marker)), None)
+    pss = TreePss(child.pid)
+    stdout, stderr = child.communicate()
+    peak_pss = pss.stop()
+    line = next((x for x in stdout.splitlines() if x.startswith(marker)), None)
     result = None if line is None else json.loads(line[len(marker) :])
-    if done.returncode != 0 or result is None or result.get("code", 0) != 0:
-        raise RuntimeError(f"{' '.join(command[1:])} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    if child.returncode != 0 or result is None or result.get("code", 0) != 0:
+        raise RuntimeError(f"{' '.join(command[1:])} failed:\n{stdout[-2000:]}\n{stderr[-2000:]}")
     result["wall_seconds"] = time.perf_counter() - started  # includes interpreter start and imports
+    result["peak_pss_mib"] = peak_pss
     return result
 
 

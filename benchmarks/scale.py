@@ -9,7 +9,8 @@ For each scale, in a fresh copy of the project with the default params.yaml: `bo
 the data stages (ingest, preprocess, features), one training epoch without validation
 (`benchmarks/train_epoch.py`), then, for `--scales`, every model stage (train, baselines, evaluate,
 and `bookrec register`, which registers the model and runs the promotion gate), each in its own
-process (wall time and peak RSS, `benchmarks/_measure.py`). `--epoch-scales` stop after the epoch.
+process (wall time, peak RSS and the peak PSS of its process tree, `benchmarks/_measure.py`).
+`--epoch-scales` stop after the epoch.
 A stage that fails (out of memory under `--memory-limit-gib`, a crash) is recorded with its error and
 the rest of that scale is skipped. `--eval-readers` sets evaluate.max_readers; by default the code
 chooses the reader sample from the catalog's size (`evaluate.max_scored_pairs`).
@@ -99,11 +100,13 @@ def run_scale(scale: float, everything: bool, args, workdir: Path) -> list[dict]
                 "stage": name,
                 "seconds": result["seconds"],
                 "peak_rss_mib": result["peak_rss_mib"],
+                "peak_pss_mib": result["peak_pss_mib"],
                 **({"epoch": result} if name == EPOCH else {}),
             }
         )
         print(
-            f"x{scale:g} {name}: {result['seconds']:.1f} s, {result['peak_rss_mib'] / 1024:.2f} GiB",
+            f"x{scale:g} {name}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_mib'] / 1024:.2f} GiB"
+            f" (upper bound), peak PSS of its processes {result['peak_pss_mib'] / 1024:.2f} GiB",
             flush=True,
         )
     counts = project / "data" / "processed" / "protocol_report.json"
@@ -133,7 +136,7 @@ def summarise(rows: list[dict]) -> dict:
         mine = [r for r in stages if r["stage"] == name]
         summary[name] = {
             "time_exponent": exponent([(r["scale"], r["seconds"]) for r in mine]),
-            "memory_exponent": exponent([(r["scale"], r["peak_rss_mib"]) for r in mine]),
+            "memory_exponent": exponent([(r["scale"], r["peak_pss_mib"]) for r in mine]),
         }
     return summary
 
@@ -150,8 +153,11 @@ def plot(rows: list[dict], path: Path) -> None:
         mine = sorted((r for r in stages if r["stage"] == name), key=lambda r: r["scale"])
         scales = [r["scale"] for r in mine]
         time_axis.plot(scales, [r["seconds"] for r in mine], marker="o", label=name)
-        memory_axis.plot(scales, [r["peak_rss_mib"] / 1024 for r in mine], marker="o", label=name)
-    for axis, label in ((time_axis, "wall time (s)"), (memory_axis, "peak RSS (GiB)")):
+        memory_axis.plot(scales, [r["peak_pss_mib"] / 1024 for r in mine], marker="o", label=name)
+    for axis, label in (
+        (time_axis, "wall time (s)"),
+        (memory_axis, "peak PSS of the stage's processes (GiB)"),
+    ):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("data scale (x Book-Crossing)")

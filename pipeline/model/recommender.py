@@ -8,6 +8,7 @@ the exclusions and the list rules and takes the top K.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -50,20 +51,44 @@ def ann_index(vectors: np.ndarray) -> hnswlib.Index:
 
 class ItemSimilarity:
     """Cosine similarity of item vectors: exact, or from an HNSW index once the catalog has more than
-    `ann_threshold` items (then only the index's nearest candidates get a finite score)."""
+    `ann_threshold` items (then only the index's nearest candidates get a finite score).
+
+    The index is built at its first use (or by `build_index`), not with the vectors: ranking for
+    readers (the gate, evaluation) never asks for similar books, and at a large catalog the index
+    costs minutes to build."""
 
     def __init__(self, vectors: np.ndarray, ann_threshold: int | None = None):
         norms = np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         self.unit = (vectors / norms).astype(np.float32)
-        use_ann = ann_threshold is not None and len(vectors) > ann_threshold
-        self.index = ann_index(self.unit) if use_ann else None
+        self.approximate = ann_threshold is not None and len(vectors) > ann_threshold
+        self._index: hnswlib.Index | None = None
+        self._building = threading.Lock()  # two first requests build one index
+
+    @property
+    def built(self) -> bool:
+        return self._index is not None
+
+    def build_index(self) -> ItemSimilarity:
+        """Build the index now if this catalog calls for one (a no-op for exact search)."""
+        _ = self.index
+        return self
+
+    @property
+    def index(self) -> hnswlib.Index | None:
+        """The HNSW index (None for exact search), built here the first time it is asked for."""
+        if self.approximate and self._index is None:
+            with self._building:
+                if self._index is None:
+                    self._index = ann_index(self.unit)
+        return self._index
 
     def scores(self, queries: np.ndarray, depth: int) -> np.ndarray:
         """(len(queries), n_items) similarities; with an index, -inf outside the `depth` nearest."""
         queries = np.asarray(queries, dtype=np.int64)
-        if self.index is None:
+        index = self.index
+        if index is None:
             return self.unit[queries] @ self.unit.T
-        labels, distances = self.index.knn_query(self.unit[queries], k=min(depth, len(self.unit)))
+        labels, distances = index.knn_query(self.unit[queries], k=min(depth, len(self.unit)))
         scores = np.full((len(queries), len(self.unit)), -np.inf, dtype=np.float32)
         np.put_along_axis(scores, labels.astype(np.int64), (1.0 - distances).astype(np.float32), axis=1)
         return scores
@@ -181,6 +206,8 @@ class NCFRecommender(Recommender):
         applies = self.retrieval.applies(model.config.n_items, forced=bool(two_stage))
         self.two_stage = applies and two_stage is not False
         self._index: CandidateIndex | None = None
+        self._index_owner: NCFRecommender = self  # whose candidate index this one reads (shared)
+        self._building = threading.Lock()
         self.user_features = user_features
         self.item_features = item_features
         self.history = history.tocsr()
@@ -196,15 +223,25 @@ class NCFRecommender(Recommender):
         return self._cache
 
     def candidate_index(self) -> CandidateIndex:
+        """Two-stage retrieval's index, built at its first use (minutes at a large catalog: a consumer
+        that ranks in full, as the gate does, never pays for it)."""
+        if self._index_owner is not self:
+            return self._index_owner.candidate_index()
         if self._index is None:
-            self._index = CandidateIndex(self.item_cache(), self.retrieval)
+            with self._building:
+                if self._index is None:
+                    self._index = CandidateIndex(self.item_cache(), self.retrieval)
         return self._index
+
+    @property
+    def has_candidate_index(self) -> bool:
+        return self._index_owner._index is not None
 
     def share_item_cache(self, other: NCFRecommender) -> NCFRecommender:
         """Use `other`'s item-side cache and candidate index (same weights): one copy in memory."""
         self._cache = other.item_cache()
         if self.two_stage and other.two_stage and self.retrieval == other.retrieval:
-            self._index = other.candidate_index()
+            self._index_owner = other
         return self
 
     def _user_vectors(self, user_rows: np.ndarray, features: torch.Tensor, history_rows: sp.csr_matrix):

@@ -170,11 +170,17 @@ def _alias_holder(
     from pipeline.serving.codelock import install
 
     install()  # before the first load starts on the poller's thread: every later import takes the lock
+
+    def ready(version: str) -> BookRecommender:
+        # the indexes are built on the poller's thread, before the version serves a request
+        recommender = registry.load_recommender(root, version)
+        return recommender.build_indexes() if hasattr(recommender, "build_indexes") else recommender
+
     if standing is None:
-        return ModelHolder(lambda version: registry.load_recommender(root, version), lookup, poll_seconds)
+        return ModelHolder(ready, lookup, poll_seconds)
     warmup = StandingWarmup(standing)
     return ModelHolder(
-        lambda version: warmup.prepare(registry.load_recommender(root, version)),
+        lambda version: warmup.prepare(ready(version)),
         lookup,
         poll_seconds,
         warmup.after_swap,

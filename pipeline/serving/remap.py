@@ -29,6 +29,10 @@ class RemappedRecommender(Recommender):
         old_items = served.item_index
         isbns = items.sort_values("item_idx")["isbn"].astype(str)
         self.old_of_new = np.array([old_items.get(isbn, -1) for isbn in isbns], dtype=np.int64)
+        # the usual case (the model was trained on this split): its columns are already the split's
+        self.same_books = len(self.old_of_new) == served.bundle.n_items and bool(
+            (self.old_of_new == np.arange(len(self.old_of_new))).all()
+        )
 
     def fit(self, train: sp.csr_matrix) -> RemappedRecommender:
         raise NotImplementedError
@@ -53,6 +57,8 @@ class RemappedRecommender(Recommender):
             self.served.bundle.n_items,
         )
         old_scores = engine.score_rows(rows, features, history)
+        if self.same_books:
+            return old_scores
         scores = np.full((len(users), len(self.old_of_new)), -np.inf, dtype=np.float32)
         known = self.old_of_new >= 0
         scores[:, known] = old_scores[:, self.old_of_new[known]]

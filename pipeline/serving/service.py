@@ -137,6 +137,16 @@ class BookRecommender:
     def from_folder(cls, folder: Path) -> BookRecommender:
         return cls(load_bundle(folder))
 
+    def build_indexes(self) -> BookRecommender:
+        """Build the HNSW indexes (similar books; two-stage retrieval) that the catalog's size calls for
+        now, rather than at the first request that needs them: what a serving holder does before a
+        version serves. Loading alone builds none (the gate and evaluation rank in full)."""
+        self.similarity.build_index()
+        for engine in self.engines.values():
+            if engine.two_stage:
+                engine.candidate_index()
+        return self
+
     # -- lookups ----------------------------------------------------------------------------------
 
     def item_indices(self, isbns: Iterable[str], strict: bool = True) -> np.ndarray:

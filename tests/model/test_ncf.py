@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -312,6 +313,36 @@ def test_similar_books_through_the_ann_index_match_exact_search(trained_project)
     overlap = (a["similar_isbn"] == b["similar_isbn"]).mean()
     assert overlap > 0.95 and not (b["isbn"] == b["similar_isbn"]).any()
     np.testing.assert_allclose(a["score"], b["score"], atol=1e-4, rtol=0)
+
+
+def test_loading_a_version_builds_no_index_until_one_is_needed(trained_project):
+    """The gate and evaluation rank in full: loading builds neither HNSW index (minutes at a large
+    catalog); the first similar-books request, or `build_indexes` (what a serving holder calls before a
+    version serves), builds them once, shared by both engines, with the same answers either way."""
+    from pipeline.serving.service import BookRecommender
+    from pipeline.storage.bundle import load_bundle
+
+    def loaded() -> BookRecommender:
+        bundle = load_bundle(trained_project / "models" / "ncf")
+        bundle.metadata["ann_threshold"] = 0
+        bundle.metadata["retrieval"] = {"candidates": 20, "min_catalog": 0}
+        return BookRecommender(bundle)
+
+    lazy, eager = loaded(), loaded()
+    engines = lazy.engines.values()
+    assert all(engine.two_stage for engine in engines)
+    assert not lazy.similarity.built and not any(engine.has_candidate_index for engine in engines)
+    isbns = lazy.items["isbn"].head(10).tolist()
+    answer = lazy.similar_books(isbns, 5)
+    assert lazy.similarity.built and not any(engine.has_candidate_index for engine in engines)
+
+    eager.build_indexes()
+    assert eager.similarity.built and all(engine.has_candidate_index for engine in eager.engines.values())
+    assert eager.engines["train"].candidate_index() is eager.engines["all"].candidate_index()
+    pd.testing.assert_frame_equal(answer, eager.similar_books(isbns, 5))
+    readers = lazy.users["user_id"].head(5).astype(str).tolist()
+    pd.testing.assert_frame_equal(lazy.recommend(readers, k=10), eager.recommend(readers, k=10))
+    assert lazy.engines["all"].has_candidate_index
 
 
 def test_the_wall_clock_guard_fails_training_loudly_instead_of_stopping_early():
