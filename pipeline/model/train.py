@@ -287,6 +287,24 @@ def train_step(
     return value
 
 
+def epoch_order(users: torch.Tensor, chunk: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of the training positives: shuffled one by one (`chunk` 0 or 1), or each reader's
+    positives shuffled and cut into runs of at most `chunk`, the runs shuffled."""
+    order = torch.randperm(len(users), generator=generator)
+    if chunk <= 1:
+        return order
+    by_reader = order[torch.argsort(users[order], stable=True)]  # each reader's rows, shuffled
+    readers = users[by_reader]
+    run_start = torch.ones(len(readers), dtype=torch.bool)
+    run_start[1:] = readers[1:] != readers[:-1]
+    first = torch.cummax(torch.where(run_start, torch.arange(len(readers)), 0), dim=0).values
+    position = torch.arange(len(readers)) - first
+    chunk_id = torch.cumsum((position % chunk == 0).long(), dim=0) - 1
+    rank = torch.empty(int(chunk_id[-1]) + 1, dtype=torch.long)
+    rank[torch.randperm(len(rank), generator=generator)] = torch.arange(len(rank))
+    return by_reader[torch.argsort(rank[chunk_id] * chunk + position % chunk)]
+
+
 def _train_epoch(
     model,
     data,
@@ -300,7 +318,7 @@ def _train_epoch(
     """One pass over the shuffled training positives; returns the mean batch loss (over every rank's
     positives when data-parallel). A non-finite loss stops training with an error."""
     model.train()
-    order = torch.randperm(len(epoch.users), generator=generator)
+    order = epoch_order(epoch.users, params.reader_chunk, generator)
     total_loss, batches = 0.0, 0
     for start in range(0, len(order), params.batch_size):
         batch = order[start : start + params.batch_size]

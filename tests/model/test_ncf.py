@@ -209,6 +209,30 @@ def test_a_sampled_history_is_a_window_of_the_row_and_unbiased_for_the_whole():
     assert sorted(same.tolist()) == sorted(whole.tolist())
 
 
+def test_an_epoch_in_reader_chunks_keeps_each_positive_once_in_runs_of_one_reader():
+    """`train.reader_chunk`: every positive once an epoch; each reader's positives cut into chunks of
+    `chunk` (and one of the remainder), each chunk consecutive in the order, so a batch reads few
+    readers' histories; 0 is the shuffle of one positive at a time, as before; the order is the seed's."""
+    from pipeline.model.train import epoch_order
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 40, 500)
+    users = torch.from_numpy(rng.permutation(np.repeat(np.arange(500), counts)))
+    chunk = 8
+    order = epoch_order(users, chunk, torch.Generator().manual_seed(1))
+    assert torch.equal(order.sort().values, torch.arange(len(users)))
+    readers = users[order].numpy()
+    cuts = np.flatnonzero(np.diff(readers)) + 1
+    for run in np.split(readers, cuts):  # a run: one chunk, or chunks of one reader that met by chance
+        assert len(run) % chunk in (0, counts[run[0]] % chunk)
+    assert len(cuts) + 1 >= (-(-counts // chunk)).sum() * 0.95  # chunks rarely meet
+    assert torch.equal(order, epoch_order(users, chunk, torch.Generator().manual_seed(1)))
+    assert torch.equal(
+        epoch_order(users, 0, torch.Generator().manual_seed(1)),
+        torch.randperm(len(users), generator=torch.Generator().manual_seed(1)),
+    )
+
+
 def test_hard_negatives_are_the_highest_scored_by_the_model_without_dropout():
     data = planted()
     model = build_model(data, small_params(dropout=0.5))
