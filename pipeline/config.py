@@ -196,6 +196,7 @@ class TrainParams(Section):
     history_alpha: float = Field(ge=0, le=1)
     history_sample: int = Field(ge=0)
     reader_chunk: int = Field(ge=0)
+    reader_chunk_above: int = Field(ge=0)
     init_std: float = Field(gt=0)
     lr: float = Field(gt=0)
     embedding_lr: float = Field(gt=0)

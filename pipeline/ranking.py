@@ -24,6 +24,15 @@ import scipy.sparse as sp
 from pipeline.data.catalog import Catalog
 
 SMALL_ROWS = 1024  # rows up to this long are sorted whole
+# Readers x catalog scores one ranking batch holds (128 MiB of float32): Book-Crossing's 512 x 35,469
+# fits, and on a larger catalog a batch holds fewer readers. A batch's few working copies, in every
+# forked ranking process, are what an evaluation holds beyond the model.
+SCORES_PER_BATCH = 1 << 25
+
+
+def bounded_batch(batch_size: int, n_items: int) -> int:
+    """`batch_size` readers, or fewer so that a batch holds at most SCORES_PER_BATCH scores."""
+    return max(1, min(batch_size, SCORES_PER_BATCH // max(n_items, 1)))
 
 
 def best_columns(scores: np.ndarray, k: int) -> np.ndarray:

@@ -244,6 +244,7 @@ def train(ws: Workspace, params: Params, show_progress: bool = True) -> dict:
         "seconds_to_best": round(history.seconds_to_best, 1),
         "seconds_total": round(history.seconds_total, 1),
         "negative_collision_rate": round(history.sampler_collision_rate, 6),
+        "reader_chunk": history.reader_chunk,
         "seconds_neighbourhood": round(neighbourhood_seconds, 1),
         "processes": world,
     }

@@ -28,7 +28,7 @@ from pipeline.data.catalog import Catalog
 from pipeline.data.protocol import PROTOCOL
 from pipeline.evaluation import metrics
 from pipeline.model.recommender import Recommender
-from pipeline.ranking import SERVING_DEFAULT, ListRules, Ranker
+from pipeline.ranking import SERVING_DEFAULT, ListRules, Ranker, bounded_batch
 
 V1 = "bx-implicit-v1"  # the protocol before serving's exclusion rule and list rules
 ACTIVITY_BUCKETS = (1, 5, 10, 20, 50)  # left edges of training-interaction-count buckets
@@ -92,7 +92,7 @@ class EvaluationData:
     ) -> np.ndarray:
         """(len(users), k) item indices: what `recommender` would serve these users under the protocol.
 
-        A batch holds at most SCORES_PER_BATCH scores (readers x catalog), whatever `batch_size`
+        A batch holds at most `ranking.SCORES_PER_BATCH` scores (readers x catalog), whatever `batch_size`
         says, so a catalog many times Book-Crossing's does not multiply the memory of a batch."""
         batch_size = bounded_batch(batch_size, self.n_items)
 
@@ -191,13 +191,7 @@ def sample_readers(truth: sp.csr_matrix, max_readers: int, seed: int) -> sp.csr_
     return sampled
 
 
-SCORES_PER_BATCH = 1 << 27  # 512 MiB of float32 scores; Book-Crossing's 2,048 x 35,469 fits
 MIN_SHARD = 500  # fewer readers per process than this are ranked in the calling process
-
-
-def bounded_batch(batch_size: int, n_items: int) -> int:
-    """`batch_size` readers, or fewer so that a batch holds at most SCORES_PER_BATCH scores."""
-    return max(1, min(batch_size, SCORES_PER_BATCH // max(n_items, 1)))
 
 
 def sharded(

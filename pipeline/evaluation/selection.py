@@ -8,9 +8,10 @@ import numpy as np
 from pipeline.config import NeighbourhoodParams
 from pipeline.evaluation import metrics
 from pipeline.evaluation.baselines import ItemKNNRecommender
-from pipeline.evaluation.evaluate import EvaluationData, bounded_batch, ndcg_of
+from pipeline.evaluation.evaluate import EvaluationData, ndcg_of
 from pipeline.model.neighbourhood import Neighbourhood
 from pipeline.model.recommender import NCFRecommender, Recommender
+from pipeline.ranking import bounded_batch
 
 BATCH = 512
 

@@ -88,6 +88,7 @@ class History:
     stopped_because: str = ""
     sampler_collision_rate: float = 0.0
     embedding_optimizer: str = ""  # the tables' optimizer that trained (train.embedding_optimizer resolved)
+    reader_chunk: int = 0  # the chunks an epoch's order kept each reader's positives in (0: none)
 
     def as_dict(self) -> dict:
         return {key: getattr(self, key) for key in self.__dataclass_fields__}
@@ -169,16 +170,39 @@ class _Epoch:
     items: torch.Tensor  # (N,) the positive
     rows: TrainingRows  # the training matrix by user, for the batch readers' histories
     sampler: NegativeSampler
+    reader_chunk: int  # positives of one reader kept together in an epoch's order (0: none)
 
     @classmethod
     def of(cls, data: TrainingData, params: TrainParams, device: torch.device) -> _Epoch:
         train = data.train.tocoo()
+        users = torch.from_numpy(train.row.astype(np.int64))
         return cls(
-            torch.from_numpy(train.row.astype(np.int64)),
+            users,
             torch.from_numpy(train.col.astype(np.int64)),
             TrainingRows.of_matrix(data.train).to(device),
             NegativeSampler(data.train, params.negative_sampling, params.popularity_power),
+            reader_chunk(users, params),
         )
+
+
+def expected_history_entries(users: torch.Tensor, batch_size: int) -> float:
+    """History entries a batch of `batch_size` positives drawn one by one reads, in expectation: a
+    reader with n of the N positives is in the batch with probability 1 - (1 - n/N)^batch, and then
+    their whole history (n books) is read once."""
+    counts = torch.bincount(users).double()
+    drawn = 1 - torch.pow(1 - counts / max(len(users), 1), min(batch_size, len(users)))
+    return float((counts * drawn).sum())
+
+
+def reader_chunk(users: torch.Tensor, params: TrainParams) -> int:
+    """`train.reader_chunk` where a batch of single positives would read more than
+    `train.reader_chunk_above` history entries, else 0. Why a threshold: chunks cut a step's cost
+    where histories dominate it (large data) but change the order SGD sees, which Book-Crossing's
+    validation did not ask for (docs/model.md)."""
+    if not params.reader_chunk_above:
+        return params.reader_chunk
+    heavy = expected_history_entries(users, params.batch_size) > params.reader_chunk_above
+    return params.reader_chunk if heavy else 0
 
 
 def _hardest(
@@ -318,7 +342,7 @@ def _train_epoch(
     """One pass over the shuffled training positives; returns the mean batch loss (over every rank's
     positives when data-parallel). A non-finite loss stops training with an error."""
     model.train()
-    order = epoch_order(epoch.users, params.reader_chunk, generator)
+    order = epoch_order(epoch.users, epoch.reader_chunk, generator)
     total_loss, batches = 0.0, 0
     for start in range(0, len(order), params.batch_size):
         batch = order[start : start + params.batch_size]
@@ -445,6 +469,7 @@ def fit(
     history.seconds_total = time.perf_counter() - started
     history.sampler_collision_rate = epoch_data.sampler.stats.collision_rate
     history.embedding_optimizer = type(steppers[0]).__name__
+    history.reader_chunk = epoch_data.reader_chunk
     if hasattr(steppers[0], "release"):
         steppers[0].release()
     return history

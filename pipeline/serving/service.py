@@ -21,7 +21,7 @@ import torch
 from pipeline.data.locations import split_location
 from pipeline.data.protocol import is_positive
 from pipeline.model.recommender import NCFRecommender, most_excluded
-from pipeline.ranking import ListRules, Ranker
+from pipeline.ranking import ListRules, Ranker, bounded_batch
 from pipeline.serving.standing import StandingLists
 from pipeline.storage.bundle import POSITIVES, Bundle, load_bundle
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 EXCLUDE_MODES = ("all", "train")
 MAX_K = 200
-SCORES_PER_BATCH = 2**25  # readers x catalog scores held at once while standing lists are precomputed
 
 
 def item_rows(lists: list[np.ndarray], n_items: int) -> sp.csr_matrix:
@@ -332,7 +331,7 @@ class BookRecommender:
         engine = self.engines["all"]
         activity = np.diff(engine.history.indptr)[: self.bundle.n_users]
         order = np.argsort(-activity, kind="stable")[: min(max_readers, self.standing.capacity)]
-        batch_size = max(1, min(batch_size, SCORES_PER_BATCH // max(self.bundle.n_items, 1)))
+        batch_size = bounded_batch(batch_size, self.bundle.n_items)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             self._standing_lists(

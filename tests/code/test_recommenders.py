@@ -258,7 +258,7 @@ def test_the_reader_cap_follows_the_catalog_size():
 
 
 def test_an_evaluation_batch_holds_a_bounded_number_of_scores(monkeypatch):
-    import pipeline.evaluation.evaluate as evaluation
+    import pipeline.ranking as ranking
 
     data = block_data()  # 30 items
     model = make_baseline("popularity").fit(data.train)
@@ -267,9 +267,9 @@ def test_an_evaluation_batch_holds_a_bounded_number_of_scores(monkeypatch):
     monkeypatch.setattr(
         model, "recommend", lambda *a, **kw: asked.append(kw["batch_size"]) or recommend(*a, **kw)
     )
-    monkeypatch.setattr(evaluation, "SCORES_PER_BATCH", 300)
+    monkeypatch.setattr(ranking, "SCORES_PER_BATCH", 300)
     capped = data.lists(model, data.users_with_truth(), 5, batch_size=2048)
     assert asked == [10]  # 300 scores / 30 items
-    monkeypatch.setattr(evaluation, "SCORES_PER_BATCH", 1 << 27)
+    monkeypatch.setattr(ranking, "SCORES_PER_BATCH", 1 << 27)
     assert (data.lists(model, data.users_with_truth(), 5, batch_size=2048) == capped).all()
     assert asked[-1] == 2048

@@ -233,6 +233,37 @@ def test_an_epoch_in_reader_chunks_keeps_each_positive_once_in_runs_of_one_reade
     )
 
 
+def test_reader_chunks_apply_only_where_a_batch_would_read_more_history_than_the_threshold():
+    """`train.reader_chunk_above`: the expected history entries of a batch drawn one positive at a time
+    (each drawn reader's whole history once) agree with drawing such batches; chunks apply above the
+    threshold, never below it, always with a threshold of 0; the order of an epoch follows."""
+    from pipeline.model.train import _Epoch, expected_history_entries, reader_chunk
+
+    rng = np.random.default_rng(3)
+    counts = np.concatenate([rng.integers(1, 5, 900), rng.integers(50, 400, 40)])  # a few heavy readers
+    users = torch.from_numpy(np.repeat(np.arange(len(counts)), counts))
+    batch = 256
+    expected = expected_history_entries(users, batch)
+    drawn = [
+        counts[np.unique(users[rng.choice(len(users), batch, replace=False)].numpy())].sum()
+        for _ in range(400)
+    ]
+    assert abs(expected - np.mean(drawn)) < 0.03 * np.mean(drawn)
+    params = small_params(batch_size=batch, reader_chunk=8)
+    assert reader_chunk(users, params.model_copy(update={"reader_chunk_above": int(expected) + 1})) == 0
+    assert reader_chunk(users, params.model_copy(update={"reader_chunk_above": int(expected) - 1})) == 8
+    assert reader_chunk(users, params.model_copy(update={"reader_chunk_above": 0})) == 8
+    assert reader_chunk(users, params.model_copy(update={"reader_chunk": 0, "reader_chunk_above": 1})) == 0
+    data = planted()
+    assert (
+        _Epoch.of(data, small_params(reader_chunk=8, reader_chunk_above=0), torch.device("cpu")).reader_chunk
+        == 8
+    )
+    assert (
+        _Epoch.of(data, small_params(reader_chunk=8), torch.device("cpu")).reader_chunk == 0
+    )  # params.yaml's threshold
+
+
 def test_hard_negatives_are_the_highest_scored_by_the_model_without_dropout():
     data = planted()
     model = build_model(data, small_params(dropout=0.5))
