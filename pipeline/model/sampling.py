@@ -1,4 +1,6 @@
-"""Vectorised negative sampling for BPR: n negatives per positive, none of them a positive of the user.
+"""What a training batch draws: the order of an epoch's positives (one at a time, or in chunks of one
+reader's where histories dominate a step) and vectorised negative sampling for BPR, n negatives per
+positive, none of them a positive of the user.
 
 A draw costs O(log catalog), never O(catalog): popularity-weighted draws search a cumulative
 distribution built once, and the rare reader whose draws keep colliding gets an exact uniform draw
@@ -99,3 +101,40 @@ class NegativeSampler:
             below = read - torch.arange(len(read))  # non-positives before each positive
             result[row] = j + int(torch.searchsorted(below, torch.tensor(j), right=True))
         return result
+
+
+def expected_history_entries(users: torch.Tensor, batch_size: int) -> float:
+    """History entries a batch of `batch_size` positives drawn one by one reads, in expectation: a
+    reader with n of the N positives is in the batch with probability 1 - (1 - n/N)^batch, and then
+    their whole history (n books) is read once."""
+    counts = torch.bincount(users).double()
+    drawn = 1 - torch.pow(1 - counts / max(len(users), 1), min(batch_size, len(users)))
+    return float((counts * drawn).sum())
+
+
+def reader_chunk(users: torch.Tensor, batch_size: int, chunk: int, above: int) -> int:
+    """`chunk` (`train.reader_chunk`) where a batch of single positives would read more than `above`
+    (`train.reader_chunk_above`; 0: always) history entries, else 0. Why a threshold: chunks cut a
+    step's cost where histories dominate it (large data) but change the order SGD sees, which
+    Book-Crossing's validation did not ask for (docs/model.md)."""
+    if above and expected_history_entries(users, batch_size) <= above:
+        return 0
+    return chunk
+
+
+def epoch_order(users: torch.Tensor, chunk: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of the training positives: shuffled one by one (`chunk` 0 or 1), or each reader's
+    positives shuffled and cut into runs of at most `chunk`, the runs shuffled."""
+    order = torch.randperm(len(users), generator=generator)
+    if chunk <= 1:
+        return order
+    by_reader = order[torch.argsort(users[order], stable=True)]  # each reader's rows, shuffled
+    readers = users[by_reader]
+    run_start = torch.ones(len(readers), dtype=torch.bool)
+    run_start[1:] = readers[1:] != readers[:-1]
+    first = torch.cummax(torch.where(run_start, torch.arange(len(readers)), 0), dim=0).values
+    position = torch.arange(len(readers)) - first
+    chunk_id = torch.cumsum((position % chunk == 0).long(), dim=0) - 1
+    rank = torch.empty(int(chunk_id[-1]) + 1, dtype=torch.long)
+    rank[torch.randperm(len(rank), generator=generator)] = torch.arange(len(rank))
+    return by_reader[torch.argsort(rank[chunk_id] * chunk + position % chunk)]

@@ -44,7 +44,7 @@ from pipeline.model.losses import bpr_loss, item_l2
 from pipeline.model.ncf import NCF, ItemVectors, NCFConfig, UserVectors
 from pipeline.model.optim import optimizers
 from pipeline.model.rows import TrainingRows
-from pipeline.model.sampling import NegativeSampler
+from pipeline.model.sampling import NegativeSampler, epoch_order, reader_chunk
 
 
 class TrainingTimeout(RuntimeError):
@@ -181,28 +181,8 @@ class _Epoch:
             torch.from_numpy(train.col.astype(np.int64)),
             TrainingRows.of_matrix(data.train).to(device),
             NegativeSampler(data.train, params.negative_sampling, params.popularity_power),
-            reader_chunk(users, params),
+            reader_chunk(users, params.batch_size, params.reader_chunk, params.reader_chunk_above),
         )
-
-
-def expected_history_entries(users: torch.Tensor, batch_size: int) -> float:
-    """History entries a batch of `batch_size` positives drawn one by one reads, in expectation: a
-    reader with n of the N positives is in the batch with probability 1 - (1 - n/N)^batch, and then
-    their whole history (n books) is read once."""
-    counts = torch.bincount(users).double()
-    drawn = 1 - torch.pow(1 - counts / max(len(users), 1), min(batch_size, len(users)))
-    return float((counts * drawn).sum())
-
-
-def reader_chunk(users: torch.Tensor, params: TrainParams) -> int:
-    """`train.reader_chunk` where a batch of single positives would read more than
-    `train.reader_chunk_above` history entries, else 0. Why a threshold: chunks cut a step's cost
-    where histories dominate it (large data) but change the order SGD sees, which Book-Crossing's
-    validation did not ask for (docs/model.md)."""
-    if not params.reader_chunk_above:
-        return params.reader_chunk
-    heavy = expected_history_entries(users, params.batch_size) > params.reader_chunk_above
-    return params.reader_chunk if heavy else 0
 
 
 def _hardest(
@@ -309,24 +289,6 @@ def train_step(
     for optimizer in steppers:
         optimizer.step()
     return value
-
-
-def epoch_order(users: torch.Tensor, chunk: int, generator: torch.Generator) -> torch.Tensor:
-    """A permutation of the training positives: shuffled one by one (`chunk` 0 or 1), or each reader's
-    positives shuffled and cut into runs of at most `chunk`, the runs shuffled."""
-    order = torch.randperm(len(users), generator=generator)
-    if chunk <= 1:
-        return order
-    by_reader = order[torch.argsort(users[order], stable=True)]  # each reader's rows, shuffled
-    readers = users[by_reader]
-    run_start = torch.ones(len(readers), dtype=torch.bool)
-    run_start[1:] = readers[1:] != readers[:-1]
-    first = torch.cummax(torch.where(run_start, torch.arange(len(readers)), 0), dim=0).values
-    position = torch.arange(len(readers)) - first
-    chunk_id = torch.cumsum((position % chunk == 0).long(), dim=0) - 1
-    rank = torch.empty(int(chunk_id[-1]) + 1, dtype=torch.long)
-    rank[torch.randperm(len(rank), generator=generator)] = torch.arange(len(rank))
-    return by_reader[torch.argsort(rank[chunk_id] * chunk + position % chunk)]
 
 
 def _train_epoch(

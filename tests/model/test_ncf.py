@@ -213,7 +213,7 @@ def test_an_epoch_in_reader_chunks_keeps_each_positive_once_in_runs_of_one_reade
     """`train.reader_chunk`: every positive once an epoch; each reader's positives cut into chunks of
     `chunk` (and one of the remainder), each chunk consecutive in the order, so a batch reads few
     readers' histories; 0 is the shuffle of one positive at a time, as before; the order is the seed's."""
-    from pipeline.model.train import epoch_order
+    from pipeline.model.sampling import epoch_order
 
     rng = np.random.default_rng(0)
     counts = rng.integers(1, 40, 500)
@@ -236,8 +236,10 @@ def test_an_epoch_in_reader_chunks_keeps_each_positive_once_in_runs_of_one_reade
 def test_reader_chunks_apply_only_where_a_batch_would_read_more_history_than_the_threshold():
     """`train.reader_chunk_above`: the expected history entries of a batch drawn one positive at a time
     (each drawn reader's whole history once) agree with drawing such batches; chunks apply above the
-    threshold, never below it, always with a threshold of 0; the order of an epoch follows."""
-    from pipeline.model.train import _Epoch, expected_history_entries, reader_chunk
+    threshold, never below it, always with a threshold of 0; an epoch takes its chunk from params.yaml's
+    threshold."""
+    from pipeline.model.sampling import expected_history_entries, reader_chunk
+    from pipeline.model.train import _Epoch
 
     rng = np.random.default_rng(3)
     counts = np.concatenate([rng.integers(1, 5, 900), rng.integers(50, 400, 40)])  # a few heavy readers
@@ -249,11 +251,10 @@ def test_reader_chunks_apply_only_where_a_batch_would_read_more_history_than_the
         for _ in range(400)
     ]
     assert abs(expected - np.mean(drawn)) < 0.03 * np.mean(drawn)
-    params = small_params(batch_size=batch, reader_chunk=8)
-    assert reader_chunk(users, params.model_copy(update={"reader_chunk_above": int(expected) + 1})) == 0
-    assert reader_chunk(users, params.model_copy(update={"reader_chunk_above": int(expected) - 1})) == 8
-    assert reader_chunk(users, params.model_copy(update={"reader_chunk_above": 0})) == 8
-    assert reader_chunk(users, params.model_copy(update={"reader_chunk": 0, "reader_chunk_above": 1})) == 0
+    assert reader_chunk(users, batch, 8, above=int(expected) + 1) == 0
+    assert reader_chunk(users, batch, 8, above=int(expected) - 1) == 8
+    assert reader_chunk(users, batch, 8, above=0) == 8
+    assert reader_chunk(users, batch, 0, above=1) == 0
     data = planted()
     assert (
         _Epoch.of(data, small_params(reader_chunk=8, reader_chunk_above=0), torch.device("cpu")).reader_chunk
